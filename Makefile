@@ -1,0 +1,65 @@
+# rballoon: a Rust virtio-balloon driver for Linux 7.3, built and tested under QEMU.
+#
+#   make demo    boot a guest, inflate the balloon to half of its memory and back, print a table
+#   make test    build everything, run KUnit and the harness tests (what CI runs)
+#
+# Everything heavy lives in $(RBALLOON_CACHE) (default /var/cache/rballoon), outside the checkout.
+
+RBALLOON_CACHE ?= /var/cache/rballoon
+export RBALLOON_CACHE
+FLAVOUR ?= guest
+export RBALLOON_FLAVOUR := $(FLAVOUR)
+ACCEL ?= tcg
+export ACCEL
+DRIVER ?= c
+MEM ?= 2048
+
+S := scripts/rballoon
+HARNESS_DIR := tools/testing/rballoon
+export CARGO_TARGET_DIR := $(RBALLOON_CACHE)/harness-target
+HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
+
+.PHONY: all root tree kernel initramfs harness guest run demo kunit test harness-test patches distclean help
+
+all: guest harness
+
+help:
+	@sed -n '3,6p' Makefile
+
+root:
+	@$(S)/mkroot.sh
+
+tree: root
+	@$(S)/mktree.sh
+
+kernel: root
+	@$(S)/mkkernel.sh $(FLAVOUR)
+
+initramfs: kernel
+	@$(S)/mkinitramfs.sh $(FLAVOUR)
+
+guest: initramfs
+
+harness:
+	@$(S)/timed.sh "building the host harness" cargo build --release --quiet --manifest-path $(HARNESS_DIR)/Cargo.toml
+
+run: guest harness
+	@$(HARNESS) run --mem $(MEM) $(if $(filter mmio,$(TRANSPORT)),--mmio)
+
+demo: guest harness
+	@$(HARNESS) demo --driver $(DRIVER) --mem $(MEM)
+
+kunit: root
+	@$(S)/kunit.sh
+
+harness-test: guest harness
+	@$(S)/timed.sh "harness tests" cargo test --release --manifest-path $(HARNESS_DIR)/Cargo.toml -- --test-threads=1
+
+test:
+	@$(S)/test.sh
+
+patches: tree
+	@$(S)/export-patches.sh
+
+distclean:
+	rm -rf $(RBALLOON_CACHE)

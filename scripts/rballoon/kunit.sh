@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run the project's KUnit suites with the kernel's kunit.py (x86_64 under QEMU, LLVM=1), inside the
+# toolchain root. /dev/kvm is hidden there (see in-root.sh), so kunit.py's QEMU falls back to TCG
+# instead of hanging on nested KVM; ACCEL=kvm shows it again.
+. "$(dirname "$0")/common.sh"
+
+kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig
+out=$RB_OUT/kunit
+mkdir -p "$out" "$RB_CACHE/logs"
+log=$RB_CACHE/logs/kunit.log
+
+# Same lock as the guest build: one kernel build at a time.
+exec 9> "$RB_CACHE/build.lock"
+flock -n 9 || { rb_log "waiting for another build to finish"; flock 9; }
+"$RB_REPO/scripts/rballoon/mktree.sh"
+
+run() {
+	RB_CHDIR=$RB_SRC "$RB_REPO/scripts/rballoon/in-root.sh" python3 tools/testing/kunit/kunit.py run \
+		--arch=x86_64 --make_options LLVM=1 --jobs="$(nproc)" --build_dir="$out" \
+		--kunitconfig="$kunitconfig" --timeout="${KUNIT_TIMEOUT:-600}" "$@" > "$log" 2>&1
+}
+rc=0
+rb_step "KUnit (log: $log)" run "$@" || rc=$?
+# kunit.py's own summary: the per-suite results and the totals line.
+grep -E '^\[[0-9:]+\] (=+|\[(PASSED|FAILED|SKIPPED|CRASHED)\]|Testing complete|Elapsed)' "$log" | tail -n 60 || true
+[ "$rc" = 0 ] || { tail -n 40 "$log"; exit "$rc"; }

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# make test: build everything from nothing if needed, then run every suite and say how it went.
+#
+# Stages: toolchain root, patched tree, guest kernel + initramfs, host harness, KUnit (kunit.py),
+# harness tests against QEMU. Each prints its time; the last line counts tests over all suites.
+. "$(dirname "$0")/common.sh"
+cd "$RB_REPO"
+
+t0=$(date +%s)
+passed=0 failed=0
+mkdir -p "$RB_CACHE/logs"
+
+rb_step "guest kernel and initramfs" make --no-print-directory guest
+rb_step "host harness" make --no-print-directory harness
+
+# KUnit: count what kunit.py ran.
+klog=$RB_CACHE/logs/kunit.log
+if make --no-print-directory kunit; then :; else rb_log "KUnit FAILED"; failed=$((failed + 1)); fi
+if line=$(grep -E 'Testing complete\. Ran [0-9]+ tests' "$klog" | tail -n1); then
+	kp=$(sed -n 's/.*passed: \([0-9]*\).*/\1/p' <<< "$line")
+	kf=$(sed -n 's/.*failed: \([0-9]*\).*/\1/p' <<< "$line")
+	kc=$(sed -n 's/.*crashed: \([0-9]*\).*/\1/p' <<< "$line")
+	passed=$((passed + ${kp:-0})) failed=$((failed + ${kf:-0} + ${kc:-0}))
+	rb_log "KUnit: $line"
+fi
+
+# Harness tests: count what cargo test ran.
+hlog=$RB_CACHE/logs/harness-test.log
+if make --no-print-directory harness-test 2>&1 | tee "$hlog"; then :; else failed=$((failed + 1)); fi
+while read -r p f; do
+	passed=$((passed + p)) failed=$((failed + f))
+done < <(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$hlog")
+
+rb_log "make test took $(( $(date +%s) - t0 )) s"
+echo "rballoon: $passed passed, $failed failed"
+[ "$failed" = 0 ] && [ "$passed" -gt 0 ]

@@ -44,10 +44,10 @@ harness:
 	@$(S)/timed.sh "building the host harness" cargo build --release --quiet --manifest-path $(HARNESS_DIR)/Cargo.toml
 
 run: guest harness
-	@$(HARNESS) run --mem $(MEM) $(if $(filter mmio,$(TRANSPORT)),--mmio)
+	@$(HARNESS) run --mem $(MEM) --driver $(DRIVER) $(if $(filter mmio,$(TRANSPORT)),--mmio)
 
 demo: guest harness
-	@$(HARNESS) demo --driver $(DRIVER) --mem $(MEM)
+	@$(HARNESS) demo --driver $(DRIVER) --mem $(MEM) $(if $(filter mmio,$(TRANSPORT)),--mmio)
 
 kunit: root
 	@$(S)/kunit.sh

@@ -1,0 +1,337 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Where things are and what the VM looks like; the one place the QEMU command line is built.
+
+use crate::error::{Error, Result};
+use std::env;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Locations taken from the environment.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// `RBALLOON_CACHE`, default `/var/cache/rballoon`.
+    pub cache: PathBuf,
+    /// `RBALLOON_FLAVOUR`, default `guest`.
+    pub flavour: String,
+    /// The repository root: `RBALLOON_REPO`, or three levels above this crate.
+    pub repo: PathBuf,
+}
+
+impl Paths {
+    /// Read the environment.
+    pub fn from_env() -> Self {
+        let cache = env::var_os("RBALLOON_CACHE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/var/cache/rballoon".into());
+        let flavour = env::var("RBALLOON_FLAVOUR").unwrap_or_else(|_| "guest".into());
+        let repo = env::var_os("RBALLOON_REPO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../..");
+                p.canonicalize().unwrap_or(p)
+            });
+        Paths {
+            cache,
+            flavour,
+            repo,
+        }
+    }
+
+    /// The flavour's build directory.
+    pub fn build_dir(&self) -> PathBuf {
+        self.cache.join("build").join(&self.flavour)
+    }
+
+    /// The guest kernel.
+    pub fn kernel(&self) -> PathBuf {
+        self.build_dir().join("arch/x86/boot/bzImage")
+    }
+
+    /// The guest initramfs.
+    pub fn initrd(&self) -> PathBuf {
+        self.build_dir().join("initramfs.cpio")
+    }
+
+    /// Per-VM run directories live here.
+    pub fn run_dir(&self) -> PathBuf {
+        self.cache.join("run")
+    }
+
+    /// The wrapper that runs a command inside the toolchain root.
+    pub fn in_root(&self) -> PathBuf {
+        self.repo.join("scripts/rballoon/in-root.sh")
+    }
+
+    /// Fail with a message saying how to get them if the kernel or initramfs is missing.
+    pub fn check_guest(&self) -> Result<()> {
+        for (what, p) in [("kernel", self.kernel()), ("initramfs", self.initrd())] {
+            if !p.is_file() {
+                return Err(Error::other(format!(
+                    "guest {what} {} does not exist: build it first \
+                     (scripts/rballoon/mkkernel.sh {f} && scripts/rballoon/mkinitramfs.sh {f}), \
+                     or point RBALLOON_CACHE/RBALLOON_FLAVOUR at a build",
+                    p.display(),
+                    f = self.flavour
+                )));
+            }
+        }
+        if !self.in_root().is_file() {
+            return Err(Error::other(format!(
+                "{} does not exist (set RBALLOON_REPO)",
+                self.in_root().display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How the virtio devices are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// virtio-pci on the `pc` machine.
+    Pci,
+    /// virtio-mmio on `microvm` (devices announced on the kernel command line by QEMU).
+    Mmio,
+}
+
+impl Transport {
+    /// Both transports, for tests that run on each.
+    pub const ALL: [Transport; 2] = [Transport::Pci, Transport::Mmio];
+
+    /// The QEMU device-name suffix: `virtio-balloon-pci` / `virtio-balloon-device`.
+    fn suffix(self) -> &'static str {
+        match self {
+            Transport::Pci => "pci",
+            Transport::Mmio => "device",
+        }
+    }
+}
+
+/// QEMU's accelerator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accel {
+    /// Emulation; works everywhere, slow.
+    Tcg,
+    /// Hardware virtualisation (in-root.sh passes /dev/kvm through only when ACCEL=kvm).
+    Kvm,
+}
+
+impl Accel {
+    /// `ACCEL` from the environment, default TCG.
+    pub fn from_env() -> Self {
+        match env::var("ACCEL").as_deref() {
+            Ok("kvm") => Accel::Kvm,
+            _ => Accel::Tcg,
+        }
+    }
+
+    /// The name QEMU and in-root.sh use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// Properties of the virtio-balloon device (`id=balloon0`).
+#[derive(Clone, Debug)]
+pub struct BalloonProps {
+    /// VIRTIO_BALLOON_F_DEFLATE_ON_OOM.
+    pub deflate_on_oom: bool,
+    /// VIRTIO_BALLOON_F_REPORTING.
+    pub free_page_reporting: bool,
+    /// VIRTIO_BALLOON_F_FREE_PAGE_HINT (QEMU then needs an iothread; one is added).
+    pub free_page_hint: bool,
+    /// VIRTIO_BALLOON_F_PAGE_POISON; `None` keeps QEMU's default (on).
+    pub page_poison: Option<bool>,
+    /// Further `key=value` device properties.
+    pub extra: Vec<String>,
+}
+
+impl Default for BalloonProps {
+    fn default() -> Self {
+        BalloonProps {
+            deflate_on_oom: true,
+            free_page_reporting: true,
+            free_page_hint: false,
+            page_poison: None,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// Where the guest's serial console (the kernel log) goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serial {
+    /// `<rundir>/serial.log`, scanned for splats.
+    File,
+    /// The terminal, multiplexed with the HMP monitor (Ctrl-a c), for interactive use.
+    Stdio,
+}
+
+/// Everything that defines one VM.
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    /// Short name; the run directory is `$CACHE/run/<name>-<pid>-<n>/`.
+    pub name: String,
+    /// PCI or MMIO.
+    pub transport: Transport,
+    /// Guest memory in MiB.
+    pub mem_mib: u64,
+    /// vCPUs.
+    pub smp: u32,
+    /// The balloon device, or `None` for a VM without one.
+    pub balloon: Option<BalloonProps>,
+    /// Appended to the kernel command line.
+    pub append: String,
+    /// Appended to QEMU's arguments.
+    pub extra_args: Vec<String>,
+    /// TCG or KVM.
+    pub accel: Accel,
+    /// Serial console destination.
+    pub serial: Serial,
+    /// Bound on boot until the guest shell answers.
+    pub boot_timeout: Duration,
+    /// Default bound on each guest command.
+    pub cmd_timeout: Duration,
+    /// Kernel, initramfs, repository.
+    pub paths: Paths,
+}
+
+impl VmConfig {
+    /// Defaults from the environment: PCI, 2048 MiB, 2 vCPUs, a balloon with deflate-on-oom and
+    /// free page reporting. `RBALLOON_BOOT_TIMEOUT` (seconds) overrides the boot bound.
+    pub fn new(name: &str) -> Self {
+        let accel = Accel::from_env();
+        let boot = env::var("RBALLOON_BOOT_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(match accel {
+                Accel::Tcg => 60,
+                Accel::Kvm => 30,
+            });
+        VmConfig {
+            name: name.into(),
+            transport: Transport::Pci,
+            mem_mib: 2048,
+            smp: 2,
+            balloon: Some(BalloonProps::default()),
+            append: String::new(),
+            extra_args: Vec::new(),
+            accel,
+            serial: Serial::File,
+            boot_timeout: Duration::from_secs(boot),
+            cmd_timeout: Duration::from_secs(60),
+            paths: Paths::from_env(),
+        }
+    }
+
+    /// Builder: transport.
+    pub fn transport(mut self, t: Transport) -> Self {
+        self.transport = t;
+        self
+    }
+
+    /// Builder: memory size.
+    pub fn mem_mib(mut self, m: u64) -> Self {
+        self.mem_mib = m;
+        self
+    }
+
+    /// Guest memory in bytes.
+    pub fn mem_bytes(&self) -> u64 {
+        self.mem_mib << 20
+    }
+
+    /// The full QEMU argument list (without the program name) for a VM whose sockets and logs are
+    /// in `rundir`.
+    pub fn qemu_args(&self, rundir: &Path) -> Vec<String> {
+        let r = |f: &str| rundir.join(f).display().to_string();
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        push(&["-accel", self.accel.name(), "-cpu", "max"]);
+        push(&[
+            "-smp",
+            &self.smp.to_string(),
+            "-m",
+            &self.mem_mib.to_string(),
+        ]);
+        match self.transport {
+            Transport::Pci => push(&["-M", "pc"]),
+            // tinyconfig has no ACPI; without it QEMU announces the virtio-mmio devices on the
+            // kernel command line (virtio_mmio.device=...).
+            Transport::Mmio => push(&["-M", "microvm,acpi=off"]),
+        }
+        push(&["-kernel", &self.paths.kernel().display().to_string()]);
+        push(&["-initrd", &self.paths.initrd().display().to_string()]);
+        let mut cmdline = "console=ttyS0 panic=-1".to_string();
+        if !self.append.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&self.append);
+        }
+        push(&["-append", &cmdline]);
+        push(&["-pidfile", &r("qemu.pid")]);
+        match self.serial {
+            Serial::File => push(&["-serial", &format!("file:{}", r("serial.log"))]),
+            // `mon:stdio` with signal=off: Ctrl-C reaches the guest instead of killing QEMU.
+            Serial::Stdio => push(&[
+                "-chardev",
+                "stdio,id=con0,mux=on,signal=off",
+                "-serial",
+                "chardev:con0",
+                "-monitor",
+                "chardev:con0",
+            ]),
+        }
+        push(&[
+            "-chardev",
+            &format!("socket,id=cmd,path={},server=on,wait=off", r("cmd.sock")),
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", r("qmp.sock")),
+        ]);
+        push(&[
+            "-monitor",
+            &format!("unix:{},server=on,wait=off", r("hmp.sock")),
+        ]);
+        let sfx = self.transport.suffix();
+        push(&[
+            "-device",
+            &format!("virtio-serial-{sfx}"),
+            "-device",
+            "virtconsole,chardev=cmd",
+        ]);
+        if let Some(b) = &self.balloon {
+            let onoff = |v: bool| if v { "on" } else { "off" };
+            let mut dev = format!(
+                "virtio-balloon-{sfx},id=balloon0,deflate-on-oom={},free-page-reporting={},free-page-hint={}",
+                onoff(b.deflate_on_oom),
+                onoff(b.free_page_reporting),
+                onoff(b.free_page_hint)
+            );
+            if let Some(p) = b.page_poison {
+                dev.push_str(&format!(",page-poison={}", onoff(p)));
+            }
+            if b.free_page_hint {
+                push(&["-object", "iothread,id=rbiothread"]);
+                dev.push_str(",iothread=rbiothread");
+            }
+            for e in &b.extra {
+                dev.push(',');
+                dev.push_str(e);
+            }
+            push(&["-device", &dev]);
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+}

@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `rballoon`: run the rballoon guest interactively, or demonstrate the balloon.
+
+use rballoon_harness::config::Serial;
+use rballoon_harness::console::Console;
+use rballoon_harness::scenario::{self, Step};
+use rballoon_harness::{Driver, Error, QemuProcess, Result, Transport, Vm, VmConfig};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const USAGE: &str = "\
+usage: rballoon run  [--mmio] [--mem MiB] [--driver c|rust|none]
+       rballoon demo [--mmio] [--mem MiB] [--driver c|rust]
+
+run   boot the guest with its console on this terminal (Ctrl-a c: QEMU monitor, Ctrl-a x: quit)
+demo  inflate the balloon to half the guest, deflate it again, print a table; exit 0 if the
+      balloon reached every target and the guest's Balloon: agreed with QEMU
+
+environment: RBALLOON_CACHE (/var/cache/rballoon), RBALLOON_FLAVOUR (guest), ACCEL (tcg|kvm),
+             RBALLOON_BOOT_TIMEOUT (seconds), RBALLOON_KEEP (keep run directories)";
+
+struct Opts {
+    transport: Transport,
+    mem: u64,
+    driver: Option<Driver>,
+}
+
+fn parse(args: &[String], default_driver: Option<Driver>) -> std::result::Result<Opts, String> {
+    let mut o = Opts {
+        transport: Transport::Pci,
+        mem: 2048,
+        driver: default_driver,
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--mmio" => o.transport = Transport::Mmio,
+            "--pci" => o.transport = Transport::Pci,
+            "--mem" => {
+                let v = it.next().ok_or("--mem needs a size in MiB")?;
+                o.mem = v.parse().map_err(|_| format!("bad --mem {v:?}"))?;
+                if o.mem < 128 {
+                    return Err("--mem must be at least 128 MiB".into());
+                }
+            }
+            "--driver" => {
+                let v = it.next().ok_or("--driver needs c, rust or none")?;
+                o.driver = match v.as_str() {
+                    "none" => None,
+                    _ => Some(Driver::parse(v).ok_or_else(|| format!("bad --driver {v:?}"))?),
+                };
+            }
+            _ => return Err(format!("unknown argument {a:?}")),
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => ("", &[][..]),
+    };
+    let r = match cmd {
+        "run" => parse(rest, None).map_err(usage).and_then(run),
+        "demo" => parse(rest, Some(Driver::C)).map_err(usage).and_then(demo),
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => Err(usage(format!("unknown command {cmd:?}"))),
+    };
+    match r {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("rballoon: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(msg: String) -> Error {
+    Error::other(format!("{msg}\n{USAGE}"))
+}
+
+fn config(name: &str, o: &Opts) -> VmConfig {
+    VmConfig::new(name).transport(o.transport).mem_mib(o.mem)
+}
+
+/// Interactive: QEMU owns the terminal until it exits.
+fn run(o: Opts) -> Result<bool> {
+    let mut cfg = config("run", &o);
+    cfg.serial = Serial::Stdio;
+    cfg.paths.check_guest()?;
+    let mut qemu = QemuProcess::spawn(&cfg)?;
+    let rundir = qemu.rundir().to_owned();
+    eprintln!("rballoon: the guest console is this terminal; Ctrl-a c toggles the QEMU monitor (try `info balloon`, `balloon 512`), Ctrl-a x quits.");
+    eprintln!(
+        "rballoon: QMP {}, HMP {}, guest command channel {}.",
+        rundir.join("qmp.sock").display(),
+        rundir.join("hmp.sock").display(),
+        rundir.join("cmd.sock").display()
+    );
+    match o.driver {
+        Some(d) => eprintln!("rballoon: the {d} balloon driver ({}) is loaded once the guest is up.", d.module()),
+        None => eprintln!("rballoon: no balloon driver loaded: type `modprobe virtio_balloon` (C) or `modprobe rballoon` (Rust)."),
+    }
+    if let Some(d) = o.driver {
+        // Load the driver over the command channel while the user has the console. The terminal is
+        // in raw mode, hence the explicit \r.
+        let boot_timeout = cfg.boot_timeout;
+        std::thread::spawn(move || {
+            let r = (|| -> Result<()> {
+                let deadline = Instant::now() + boot_timeout;
+                let mut c =
+                    Console::connect(&rundir.join("cmd.sock"), deadline, None, &mut || Ok(()))?;
+                c.wait_ready(deadline, &mut || Ok(()))?;
+                let (st, out) =
+                    c.run(&format!("modprobe {}", d.module()), Duration::from_secs(60))?;
+                if st != 0 {
+                    return Err(Error::other(format!(
+                        "modprobe {} failed ({st}): {}",
+                        d.module(),
+                        out.trim()
+                    )));
+                }
+                Ok(())
+            })();
+            match r {
+                Ok(()) => eprint!("\r\nrballoon: loaded {}\r\n", d.module()),
+                Err(e) => eprint!(
+                    "\r\nrballoon: could not load {}: {}\r\n",
+                    d.module(),
+                    e.to_string().replace('\n', "\r\n")
+                ),
+            }
+        });
+    }
+    let st = qemu.wait_forever()?;
+    qemu.finish_clean();
+    Ok(st.success())
+}
+
+/// Inflate to half the guest, deflate back, print the table.
+fn demo(o: Opts) -> Result<bool> {
+    let d = o
+        .driver
+        .ok_or_else(|| Error::other("demo needs a driver (--driver c|rust)"))?;
+    let cfg = config("demo", &o);
+    d.require_built(&cfg.paths)?;
+    let mem = cfg.mem_mib;
+    eprintln!(
+        "rballoon demo: {d} driver, {} transport, {mem} MiB guest, accel {}",
+        match o.transport {
+            Transport::Pci => "PCI",
+            Transport::Mmio => "MMIO (microvm)",
+        },
+        cfg.accel.name()
+    );
+    let mut vm = Vm::boot(cfg)?;
+    eprintln!(
+        "booted in {:.2} s ({})",
+        vm.boot_time().as_secs_f64(),
+        vm.rundir().display()
+    );
+    let t0 = Instant::now();
+    vm.load_driver(d)?;
+    eprintln!(
+        "{} bound in {:.2} s",
+        d.module(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    let timeout = Duration::from_secs(120);
+    let mut steps: Vec<Step> = vec![scenario::observe(&mut vm, "start", 0.0)?];
+    steps.push(scenario::balloon_step(
+        &mut vm,
+        "inflate",
+        mem - mem / 2,
+        timeout,
+    )?);
+    steps.push(scenario::balloon_step(&mut vm, "deflate", mem, timeout)?);
+    println!("{}", scenario::table(&steps));
+    let ok = steps.iter().all(|s| s.problem.is_none());
+    if let Err(e) = vm.shutdown() {
+        eprintln!("rballoon: {e}");
+        return Ok(false);
+    }
+    println!("{}", if ok { "demo: OK" } else { "demo: FAILED" });
+    Ok(ok)
+}

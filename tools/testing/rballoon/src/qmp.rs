@@ -1,0 +1,178 @@
+// SPDX-License-Identifier: GPL-2.0
+//! A small typed QMP client.
+//!
+//! Every command carries an `id`; replies are matched on it, and asynchronous events that arrive in
+//! between are kept in [`Qmp::events`] (QEMU sends e.g. `BALLOON_CHANGE` at any time).
+
+use crate::conn::Conn;
+use crate::error::{Error, ErrorKind, Result};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A QMP session in command mode.
+pub struct Qmp {
+    conn: Conn,
+    next_id: u64,
+    events: Vec<Value>,
+    /// Bound on each command's reply.
+    pub timeout: Duration,
+}
+
+impl Qmp {
+    /// Connect to the QMP socket, read the greeting and negotiate capabilities.
+    pub fn connect(
+        path: &Path,
+        deadline: Instant,
+        alive: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Self> {
+        let conn = Conn::connect(path, deadline, alive)?;
+        let mut qmp = Qmp {
+            conn,
+            next_id: 1,
+            events: Vec::new(),
+            timeout: Duration::from_secs(30),
+        };
+        let greeting = qmp.read_msg(deadline.max(Instant::now() + Duration::from_secs(10)))?;
+        if greeting.get("QMP").is_none() {
+            return Err(Error::other(format!("unexpected QMP greeting: {greeting}")));
+        }
+        qmp.execute("qmp_capabilities", None)?;
+        Ok(qmp)
+    }
+
+    fn read_msg(&mut self, deadline: Instant) -> Result<Value> {
+        loop {
+            let line = self.conn.read_line(deadline)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            return serde_json::from_str(&line)
+                .map_err(|e| Error::other(format!("bad QMP message {line:?}: {e}")));
+        }
+    }
+
+    /// Run `cmd` with optional `arguments`; return its `return` value.
+    pub fn execute(&mut self, cmd: &str, arguments: Option<Value>) -> Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut msg = json!({ "execute": cmd, "id": id });
+        if let Some(a) = arguments {
+            msg["arguments"] = a;
+        }
+        self.conn.send(&format!("{msg}\n"))?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let m = self
+                .read_msg(deadline)
+                .map_err(|e| e.context(format!("QMP {cmd}")))?;
+            if m.get("event").is_some() {
+                self.events.push(m);
+                continue;
+            }
+            if m.get("id").and_then(Value::as_u64) != Some(id) {
+                // A reply to an earlier command whose wait timed out.
+                continue;
+            }
+            if let Some(r) = m.get("return") {
+                return Ok(r.clone());
+            }
+            if let Some(err) = m.get("error") {
+                return Err(Error::other(format!(
+                    "QMP {cmd} failed: {}: {}",
+                    err["class"].as_str().unwrap_or("?"),
+                    err["desc"].as_str().unwrap_or("?")
+                )));
+            }
+            return Err(Error::other(format!("unexpected QMP reply to {cmd}: {m}")));
+        }
+    }
+
+    /// Set the balloon target: the guest's memory size in bytes once the balloon is done.
+    pub fn balloon(&mut self, target_bytes: u64) -> Result<()> {
+        self.execute("balloon", Some(json!({ "value": target_bytes })))
+            .map(drop)
+    }
+
+    /// The guest memory size the balloon currently leaves (`query-balloon`'s `actual`), in bytes.
+    pub fn query_balloon(&mut self) -> Result<u64> {
+        let r = self.execute("query-balloon", None)?;
+        r["actual"]
+            .as_u64()
+            .ok_or_else(|| Error::other(format!("query-balloon without actual: {r}")))
+    }
+
+    /// Read a QOM property.
+    pub fn qom_get(&mut self, path: &str, property: &str) -> Result<Value> {
+        self.execute(
+            "qom-get",
+            Some(json!({ "path": path, "property": property })),
+        )
+    }
+
+    /// Write a QOM property.
+    pub fn qom_set(&mut self, path: &str, property: &str, value: Value) -> Result<()> {
+        self.execute(
+            "qom-set",
+            Some(json!({ "path": path, "property": property, "value": value })),
+        )
+        .map(drop)
+    }
+
+    /// Run an HMP command through QMP and return its output.
+    pub fn human_monitor_command(&mut self, cmd: &str) -> Result<String> {
+        let r = self.execute(
+            "human-monitor-command",
+            Some(json!({ "command-line": cmd })),
+        )?;
+        Ok(r.as_str().unwrap_or_default().replace('\r', ""))
+    }
+
+    /// Hot-plug a device: `props` is a JSON object of its properties besides `driver` and `id`.
+    pub fn device_add(&mut self, driver: &str, id: &str, props: Value) -> Result<()> {
+        let mut args = if props.is_object() { props } else { json!({}) };
+        args["driver"] = json!(driver);
+        args["id"] = json!(id);
+        self.execute("device_add", Some(args)).map(drop)
+    }
+
+    /// Ask for a device's removal. Completion is the `DEVICE_DELETED` event: see [`Qmp::wait_event`].
+    pub fn device_del(&mut self, id: &str) -> Result<()> {
+        self.execute("device_del", Some(json!({ "id": id })))
+            .map(drop)
+    }
+
+    /// Ask QEMU to exit. Its connection closing right after the reply is expected.
+    pub fn quit(&mut self) -> Result<()> {
+        match self.execute("quit", None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::Eof => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Events received so far and not taken yet.
+    pub fn events(&self) -> &[Value] {
+        &self.events
+    }
+
+    /// Take the events received so far.
+    pub fn take_events(&mut self) -> Vec<Value> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Wait for an event named `name` (one already received counts); remove and return it.
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.events.iter().position(|e| e["event"] == name) {
+                return Ok(self.events.remove(i));
+            }
+            match self.read_msg(deadline) {
+                Ok(m) if m.get("event").is_some() => self.events.push(m),
+                Ok(_) => {}
+                Err(e) => return Err(e.context(format!("waiting for QMP event {name}"))),
+            }
+        }
+    }
+}

@@ -19,7 +19,7 @@ HARNESS_DIR := tools/testing/rballoon
 export CARGO_TARGET_DIR := $(RBALLOON_CACHE)/harness-target
 HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
 
-.PHONY: all root tree kernel initramfs harness guest run demo kunit test harness-test patches distclean help
+.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test harness-test patches distclean help
 
 all: guest harness
 
@@ -51,6 +51,9 @@ demo: guest harness
 
 kunit: root
 	@$(S)/kunit.sh
+
+lint: kernel
+	@$(S)/lint.sh
 
 harness-test: guest harness
 	@$(S)/timed.sh "harness tests" cargo test --release --manifest-path $(HARNESS_DIR)/Cargo.toml -- --test-threads=1

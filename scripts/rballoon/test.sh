@@ -24,6 +24,9 @@ if line=$(grep -E 'Testing complete\. Ran [0-9]+ tests' "$klog" | tail -n1); the
 	rb_log "KUnit: $line"
 fi
 
+# rustfmt, clippy and rustdoc over the Rust code: a failure counts as a failed test.
+if make --no-print-directory lint; then rb_log "lint: clean"; else rb_log "lint FAILED"; failed=$((failed + 1)); fi
+
 # Harness tests: count what cargo test ran.
 hlog=$RB_CACHE/logs/harness-test.log
 if make --no-print-directory harness-test 2>&1 | tee "$hlog"; then :; else failed=$((failed + 1)); fi

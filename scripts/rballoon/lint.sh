@@ -17,27 +17,23 @@ flock -n 9 || { rb_log "waiting for another build to finish"; flock 9; }
 cmp -s "$guest/.config" "$out/.config" || cp "$guest/.config" "$out/.config"
 
 K=("$RB_REPO/scripts/rballoon/in-root.sh" make -C "$RB_SRC" O="$out" LLVM=1 -j"$(nproc)" -s)
-log=$RB_CACHE/logs/lint.log
 mkdir -p "$RB_CACHE/logs"
-: > "$log"
 fail=0
-check() { # <what> <make args>...
-	local what=$1
-	shift
-	if rb_step "$what" "${K[@]}" "$@" >> "$log" 2>&1; then
-		if grep -q '^warning' "$log"; then
-			grep -A8 '^warning' "$log" | head -60
-			rb_log "$what: warnings (see $log)"
-			fail=1
-		fi
-	else
+check() { # <name> <what> <make args>...
+	local log=$RB_CACHE/logs/lint-$1.log what=$2
+	shift 2
+	logged() { "${K[@]}" "$@" > "$log" 2>&1; }
+	if ! rb_step "$what" logged "$@"; then
 		tail -n 60 "$log"
 		fail=1
+	elif grep -q '^warning' "$log"; then
+		grep -A8 '^warning' "$log" | head -n 60
+		rb_log "$what: warnings (see $log)"
+		fail=1
 	fi
-	: > "$log.prev"; cat "$log" >> "$log.prev"; : > "$log"
 }
 "${K[@]}" olddefconfig > /dev/null
-check "rustfmt check" rustfmtcheck
-check "clippy (kernel crate and Rust driver)" CLIPPY=1 KRUSTFLAGS=-Dwarnings prepare drivers/virtio/
-check "rustdoc" rustdoc
+check rustfmt "rustfmt check" rustfmtcheck
+check clippy "clippy (kernel crate and Rust driver)" CLIPPY=1 KRUSTFLAGS=-Dwarnings prepare drivers/virtio/
+check rustdoc "rustdoc" rustdoc
 exit $fail

@@ -1,0 +1,731 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Virtio memory balloon driver, in Rust.
+//!
+//! The host sets a target size (`num_pages`, in 4 KiB balloon pages) in the device configuration;
+//! the driver inflates the balloon by allocating guest pages and handing their frame numbers to
+//! the host on the inflate queue, or deflates it by telling the host on the deflate queue which
+//! pages it takes back, and reports the size it reached in `actual`. Optionally the host polls
+//! memory statistics on the stats queue.
+//!
+//! It follows the C driver, `drivers/virtio/virtio_balloon.c`:
+//!
+//! - the same queue list (absent queues left nameless so that the transport numbers them alike),
+//! - at most 256 PFNs per request, and the host acknowledges each request before the next,
+//! - deflated pages are given back to the page allocator only after the host was told
+//!   (`VIRTIO_BALLOON_F_MUST_TELL_HOST`),
+//! - when pages cannot be allocated: "Out of puff!", a 200 ms pause and a later retry,
+//! - `actual` written after each step, size changes handled on the freezable system workqueue and
+//!   dropped once the driver is going away,
+//! - the stats queue primed with one buffer before the device goes live, and every host request
+//!   answered with a fresh buffer,
+//! - with `VIRTIO_BALLOON_F_DEFLATE_ON_OOM` an OOM notifier that deflates 256 balloon pages per
+//!   call, and without it inflated pages taken out of the managed page count,
+//! - `VIRTIO_BALLOON_F_PAGE_POISON` kept only with `init_on_free` or page poisoning, and the poison
+//!   value written before the device goes live; page reporting dropped when the host cannot be
+//!   told what free pages hold,
+//! - free page reporting (`VIRTIO_BALLOON_F_REPORTING`) on the reporting queue, its capacity the
+//!   queue size,
+//! - balloon page migration telling the host about the new page, then the old one,
+//! - on removal: no more updates, the whole balloon deflated, the device reset, the queues
+//!   deleted; on freeze the same without removal, and the queues created again on restore.
+//!
+//! Not implemented: free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`, not offered) and the C
+//! driver's wakeup source that keeps the system awake while the balloon is being adjusted.
+
+use kernel::{
+    alloc::flags::GFP_NOWAIT,
+    balloon::{
+        self, stats::MemStats, BalloonDevInfo, BalloonMigrate, BalloonOom, BalloonPage,
+        BalloonReport, DeflatedPage, MigrateMode, MigratingPage, ReportedPages,
+    },
+    bindings,
+    device::{Bound, Core},
+    new_condvar, new_mutex, new_spinlock_irq,
+    page::PAGE_SHIFT,
+    prelude::*,
+    sync::{CondVar, Mutex, SpinLockIrq},
+    time::{delay::fsleep, Delta, Instant, Monotonic},
+    virtio::{self, Virtqueue, VirtqueueInfo},
+};
+
+mod pfn;
+mod stats;
+mod target;
+
+use pfn::{Geometry, PfnBuffer, PAGES_PER_PAGE, VIRTIO_BALLOON_ARRAY_PFNS_MAX};
+use stats::StatsBuffer;
+use target::Step;
+
+/// Positions in the queue list, as the C `enum virtio_balloon_vq`.
+const VQ_INFLATE: usize = 0;
+const VQ_DEFLATE: usize = 1;
+const VQ_STATS: usize = 2;
+const VQ_FREE_PAGE: usize = 3;
+const VQ_REPORTING: usize = 4;
+
+/// Deferred work items.
+const WORK_SIZE: usize = 0;
+const WORK_STATS: usize = 1;
+
+/// Guest pages in one full request.
+const MAX_GUEST_PAGES: usize = VIRTIO_BALLOON_ARRAY_PFNS_MAX / PAGES_PER_PAGE as usize;
+
+/// Balloon pages (4 KiB) to deflate per OOM notification, as the C driver.
+const OOM_NR_PAGES: usize = 256;
+
+/// Priority of the OOM notifier, as the C driver's.
+const OOM_NOTIFY_PRIORITY: i32 = 80;
+
+/// How long to wait before trying to allocate again when memory is short, as the C driver.
+const OUT_OF_PUFF_DELAY: Delta = Delta::from_millis(200);
+
+kernel::virtio_device_table!(
+    RBALLOON_TABLE,
+    [virtio::DeviceId::new(bindings::VIRTIO_ID_BALLOON)]
+);
+
+impl virtio::OutBuffer for PfnBuffer {
+    fn out_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl virtio::OutBuffer for StatsBuffer {
+    fn out_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+/// `printk_ratelimit()`-like limiter: 10 messages per 5 seconds, the kernel's default.
+struct RateLimit {
+    begin: Option<Instant<Monotonic>>,
+    printed: u32,
+}
+
+impl RateLimit {
+    const INTERVAL: Delta = Delta::from_secs(5);
+    const BURST: u32 = 10;
+
+    const fn new() -> Self {
+        Self {
+            begin: None,
+            printed: 0,
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let expired = match &self.begin {
+            Some(begin) => begin.elapsed() > Self::INTERVAL,
+            None => true,
+        };
+        if expired {
+            self.begin = Some(Instant::now());
+            self.printed = 0;
+        }
+        self.printed = self.printed.saturating_add(1);
+        self.printed <= Self::BURST
+    }
+}
+
+/// The inflate and deflate queues.
+struct Queues<'b> {
+    inflate: Virtqueue<'b, PfnBuffer>,
+    deflate: Virtqueue<'b, PfnBuffer>,
+}
+
+/// The stats queue. Its single buffer goes back and forth between the driver and the host.
+struct StatsQueue<'b> {
+    vq: Virtqueue<'b, StatsBuffer>,
+}
+
+/// The reporting queue and the token that identifies a report in it.
+struct Reporting<'b> {
+    vq: Virtqueue<'b, ()>,
+    /// `None` only while a report is with the host.
+    token: Option<KBox<()>>,
+}
+
+/// All queues, as created together by [`init_vqs`].
+struct AllQueues<'b> {
+    queues: Queues<'b>,
+    stats: Option<StatsQueue<'b>>,
+    reporting: Option<Reporting<'b>>,
+}
+
+/// What the balloon lock protects (the C driver's `balloon_lock`).
+struct Inner<'b> {
+    /// `None` between freeze and restore.
+    queues: Option<Queues<'b>>,
+    /// The request buffer; `None` only while the host holds it.
+    pfns: Option<KBox<PfnBuffer>>,
+    /// Pages being deflated, kept until the host was told. Preallocated for a full request.
+    deflated: KVec<DeflatedPage>,
+    /// Balloon pages (4 KiB) the host has been told about.
+    num_pages: u32,
+}
+
+/// Which queue a request goes to.
+#[derive(Clone, Copy)]
+enum Direction {
+    Inflate,
+    Deflate,
+}
+
+/// The part of the driver that the balloon core's callbacks (migration, OOM, page reporting) run
+/// on.
+#[pin_data]
+struct Host<'b> {
+    dev: &'b virtio::Device<Bound>,
+    #[pin]
+    lock: Mutex<Inner<'b>>,
+    /// Counts the used-buffer notifications of the inflate, deflate and reporting queues.
+    #[pin]
+    acks: SpinLockIrq<u64>,
+    #[pin]
+    acked: CondVar,
+    /// `None` without `VIRTIO_BALLOON_F_REPORTING`, and between freeze and restore.
+    #[pin]
+    reporting: Mutex<Option<Reporting<'b>>>,
+}
+
+/// The balloon device: the balloon core's page list and the driver state it calls back into.
+type Balloon<'b> = BalloonDevInfo<Host<'b>>;
+
+impl Host<'_> {
+    /// A queue used a buffer (the C `balloon_ack()`).
+    fn ack(&self) {
+        let mut acks = self.acks.lock();
+        *acks = acks.wrapping_add(1);
+        drop(acks);
+        self.acked.notify_all();
+    }
+
+    /// Waits until the device returns a buffer on `vq` and takes it back (the C
+    /// `wait_event(vb->acked, virtqueue_get_buf(vq, &len))`).
+    fn wait_used<T>(&self, vq: &mut Virtqueue<'_, T>) -> KBox<T> {
+        loop {
+            let seen = *self.acks.lock();
+            if let Some((buf, _len)) = vq.get_buf() {
+                return buf;
+            }
+            // A notification after `seen` was read changes the count: no wakeup is lost.
+            let mut acks = self.acks.lock();
+            while *acks == seen {
+                self.acked.wait(&mut acks);
+            }
+        }
+    }
+
+    /// Sends the PFNs in `inner.pfns` to the host and waits until it has read them (the C
+    /// `tell_host()`).
+    fn tell_host(&self, inner: &mut Inner<'_>, dir: Direction) {
+        let (Some(queues), Some(buf)) = (inner.queues.as_mut(), inner.pfns.take()) else {
+            return;
+        };
+        let vq = match dir {
+            Direction::Inflate => &mut queues.inflate,
+            Direction::Deflate => &mut queues.deflate,
+        };
+        // An empty queue always has room for one buffer, so this only fails on a broken device.
+        if let Err((e, buf)) = vq.add_outbuf(buf, GFP_KERNEL) {
+            dev_warn!(self.dev, "cannot queue a request: {:?}\n", e);
+            inner.pfns = Some(buf);
+            return;
+        }
+        vq.kick();
+        inner.pfns = Some(self.wait_used(vq));
+    }
+
+    /// Sends the PFNs of the single guest page `pfn` on `dir`.
+    fn tell_page(&self, inner: &mut Inner<'_>, dir: Direction, pfn: usize) {
+        let Some(buf) = inner.pfns.as_mut() else {
+            return;
+        };
+        buf.clear();
+        if buf.push_page(pfn).is_err() {
+            return;
+        }
+        self.tell_host(inner, dir);
+    }
+
+    /// Tells the host how large the balloon is (the C `update_balloon_size()`).
+    fn update_balloon_size(&self) {
+        let actual = self.lock.lock().num_pages;
+        let offset = core::mem::offset_of!(bindings::virtio_balloon_config, actual);
+        // The balloon's configuration is little-endian even on legacy devices.
+        if self.dev.config_write_le::<u32>(offset, actual).is_err() {
+            dev_warn!(self.dev, "cannot write the balloon size\n");
+        }
+    }
+
+    /// Balloon pages (4 KiB) to inflate (positive) or deflate (negative) to reach the host's
+    /// target (the C `towards_target()`).
+    fn towards_target(&self) -> i64 {
+        let offset = core::mem::offset_of!(bindings::virtio_balloon_config, num_pages);
+        let Ok(target) = self.dev.config_read_le::<u32>(offset) else {
+            return 0;
+        };
+        let current = self.lock.lock().num_pages;
+        target::towards_target(target, current, PAGES_PER_PAGE)
+    }
+}
+
+/// Deflates by up to `num` balloon pages, at most one request; returns how many (the C
+/// `leak_balloon()`).
+fn leak(b: &Balloon<'_>, num: usize) -> usize {
+    let mut inner = b.lock.lock();
+    if inner.queues.is_none() {
+        // Between freeze and restore the host cannot be told, so nothing may leave the balloon.
+        return 0;
+    }
+    // We can't release more pages than taken.
+    let num = num
+        .min(VIRTIO_BALLOON_ARRAY_PFNS_MAX)
+        .min(inner.num_pages as usize);
+    let Some(mut buf) = inner.pfns.take() else {
+        return 0;
+    };
+    buf.clear();
+    let Inner {
+        deflated,
+        num_pages,
+        ..
+    } = &mut *inner;
+    // Bounded by the room left, so that no page is ever released before the host was told.
+    let guest_pages = num
+        .div_ceil(PAGES_PER_PAGE as usize)
+        .min(deflated.capacity() - deflated.len());
+    b.dequeue_many(guest_pages, |page| {
+        let _ = buf.push_page(page.pfn());
+        *num_pages -= PAGES_PER_PAGE;
+        // Cannot fail: there is room for `guest_pages` pages.
+        let _ = deflated.push_within_capacity(page);
+    });
+    let done = buf.len();
+    inner.pfns = Some(buf);
+    // With VIRTIO_BALLOON_F_MUST_TELL_HOST the host must know before the pages are used again:
+    // tell it first, release them afterwards.
+    if done != 0 {
+        b.tell_host(&mut inner, Direction::Deflate);
+    }
+    while let Some(page) = inner.deflated.pop() {
+        page.release();
+    }
+    done
+}
+
+impl BalloonMigrate for Host<'_> {
+    /// The C `virtballoon_migratepage()`: the host learns that `newpage` is inflated and `page`
+    /// deflated.
+    fn migrate(
+        &self,
+        newpage: &MigratingPage<'_>,
+        page: &MigratingPage<'_>,
+        _mode: MigrateMode,
+    ) -> Result {
+        // Never wait for the balloon lock here: the inflation holding it may be what triggered
+        // this compaction.
+        let Some(mut inner) = self.lock.try_lock() else {
+            return Err(EAGAIN);
+        };
+        if inner.queues.is_none() {
+            return Err(EAGAIN);
+        }
+        self.tell_page(&mut inner, Direction::Inflate, newpage.pfn());
+        self.tell_page(&mut inner, Direction::Deflate, page.pfn());
+        Ok(())
+    }
+}
+
+impl BalloonOom for Host<'_> {
+    /// The C `virtio_balloon_oom_notify()`: gives back up to 256 balloon pages.
+    fn oom_deflate(b: &Balloon<'_>) -> usize {
+        let freed = leak(b, OOM_NR_PAGES) / PAGES_PER_PAGE as usize;
+        b.update_balloon_size();
+        freed
+    }
+}
+
+impl BalloonReport for Host<'_> {
+    /// The C `virtballoon_free_page_report()`: lends the free pages to the host on the reporting
+    /// queue until it has processed them.
+    fn report(b: &Balloon<'_>, pages: &ReportedPages<'_>) -> Result {
+        let mut reporting = b.reporting.lock();
+        let Some(r) = &mut *reporting else {
+            return Err(ENODEV);
+        };
+        let token = r.token.take().ok_or(EBUSY)?;
+        match r
+            .vq
+            .lend_inbuf_sg(pages, token, GFP_NOWAIT, |vq| b.wait_used(vq))
+        {
+            Ok(token) => {
+                r.token = Some(token);
+                Ok(())
+            }
+            Err((e, token)) => {
+                r.token = Some(token);
+                dev_warn!(b.dev, "cannot report free pages: {:?}\n", e);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The driver's data for one balloon device.
+#[pin_data]
+struct RBalloon<'b> {
+    dev: &'b virtio::Device<Bound>,
+    #[pin]
+    balloon: Balloon<'b>,
+    /// Pages allocated for the next inflate request, outside the balloon lock as in C.
+    /// Preallocated for a full request; only the size work uses it.
+    #[pin]
+    inflating: Mutex<KVec<BalloonPage>>,
+    #[pin]
+    stats: Mutex<Option<StatsQueue<'b>>>,
+    #[pin]
+    puff: Mutex<RateLimit>,
+}
+
+/// Creates the queues (the C `init_vqs()`), priming the stats queue with one buffer.
+fn init_vqs<'b>(dev: &'b virtio::Device<Core<'_>>) -> Result<AllQueues<'b>> {
+    let stats = dev.has_feature(bindings::VIRTIO_BALLOON_F_STATS_VQ);
+    let reporting = dev.has_feature(bindings::VIRTIO_BALLOON_F_REPORTING);
+    let mut vqs = dev.find_vqs(&[
+        VirtqueueInfo::new(c"inflate"),
+        VirtqueueInfo::new(c"deflate"),
+        VirtqueueInfo::new_if(stats, c"stats"),
+        // Free page hinting is not offered: its queue is always absent, but keeps its place.
+        VirtqueueInfo::absent(),
+        VirtqueueInfo::new_if(reporting, c"reporting_vq"),
+    ])?;
+    let queues = Queues {
+        inflate: vqs.take(VQ_INFLATE)?,
+        deflate: vqs.take(VQ_DEFLATE)?,
+    };
+    let stats = if stats {
+        let mut vq = vqs.take(VQ_STATS)?;
+        let mut buf = KBox::new(StatsBuffer::new(), GFP_KERNEL)?;
+        buf.fill(&MemStats::gather(), PAGE_SHIFT as u32);
+        // The device is not live yet: it will use this buffer to ask for statistics later.
+        if let Err((e, _)) = vq.add_outbuf(buf, GFP_KERNEL) {
+            dev_warn!(dev, "init_vqs: add stat_vq failed\n");
+            return Err(e);
+        }
+        vq.kick();
+        Some(StatsQueue { vq })
+    } else {
+        None
+    };
+    let reporting = if reporting {
+        Some(Reporting {
+            vq: vqs.take(VQ_REPORTING)?,
+            token: Some(KBox::new((), GFP_KERNEL)?),
+        })
+    } else {
+        None
+    };
+    debug_assert!(!vqs.has(VQ_FREE_PAGE));
+    Ok(AllQueues {
+        queues,
+        stats,
+        reporting,
+    })
+}
+
+impl<'b> RBalloon<'b> {
+    /// Inflates by up to `num` balloon pages, at most one request; returns how many (the C
+    /// `fill_balloon()`).
+    fn fill(&self, num: usize) -> usize {
+        let num = num.min(VIRTIO_BALLOON_ARRAY_PFNS_MAX);
+        let mut pages = self.inflating.lock();
+        let mut planned = 0;
+        while planned < num {
+            let Some(page) = self.balloon.alloc_page() else {
+                if self.puff.lock().allow() {
+                    dev_info!(
+                        self.dev,
+                        "Out of puff! Can't get {} pages\n",
+                        PAGES_PER_PAGE
+                    );
+                }
+                // Sleep for at least 1/5 of a second before the work item tries again.
+                fsleep(OUT_OF_PUFF_DELAY);
+                break;
+            };
+            // Cannot fail: the loop stops at a full request, which the vector has room for.
+            if pages.push_within_capacity(page).is_err() {
+                break;
+            }
+            planned += PAGES_PER_PAGE as usize;
+        }
+
+        let mut inner = self.balloon.lock.lock();
+        if inner.queues.is_none() {
+            // Only between freeze and restore; the pages go back to the allocator.
+            pages.clear();
+            return 0;
+        }
+        let Some(mut buf) = inner.pfns.take() else {
+            pages.clear();
+            return 0;
+        };
+        buf.clear();
+        while let Some(page) = pages.pop() {
+            let pfn = self.balloon.enqueue(page);
+            // Cannot fail: at most one request's worth of pages was allocated.
+            let _ = buf.push_page(pfn);
+            inner.num_pages += PAGES_PER_PAGE;
+        }
+        let done = buf.len();
+        inner.pfns = Some(buf);
+        if done != 0 {
+            self.balloon.tell_host(&mut inner, Direction::Inflate);
+        }
+        done
+    }
+
+    /// The size work (the C `update_balloon_size_func()`).
+    fn update_size(&self, dev: &virtio::Device<Bound>) {
+        let diff = self.balloon.towards_target();
+        let current = self.balloon.lock.lock().num_pages;
+        let step = target::next_step(diff, current);
+        let done = match step {
+            Step::Idle => 0,
+            Step::Inflate(n) => self.fill(n),
+            Step::Deflate(n) => leak(&self.balloon, n),
+        };
+        if diff != 0 {
+            self.balloon.update_balloon_size();
+        }
+        if target::remaining(diff, step, done) != 0 {
+            dev.queue_work(WORK_SIZE);
+        }
+    }
+
+    /// The stats work (the C `stats_handle_request()`): answers the host's request with fresh
+    /// statistics.
+    fn update_stats(&self) {
+        let mut guard = self.stats.lock();
+        let Some(stats) = &mut *guard else {
+            return;
+        };
+        let Some((mut buf, _len)) = stats.vq.get_buf() else {
+            return;
+        };
+        buf.fill(&MemStats::gather(), PAGE_SHIFT as u32);
+        if let Err((e, _)) = stats.vq.add_outbuf(buf, GFP_KERNEL) {
+            dev_warn!(self.dev, "cannot queue statistics: {:?}\n", e);
+            return;
+        }
+        stats.vq.kick();
+    }
+
+    /// Stops the balloon core's callbacks into the driver (the first half of the C
+    /// `virtballoon_quiesce()`; the abstraction stops the work items).
+    fn quiesce(&self) {
+        self.balloon.unregister_page_reporting();
+        self.balloon.unregister_oom_notifier();
+    }
+
+    /// Deflates the whole balloon and reports it (the first half of the C `remove_common()`).
+    fn deflate_all(&self) {
+        loop {
+            let num = self.balloon.lock.lock().num_pages;
+            if num == 0 {
+                break;
+            }
+            if leak(&self.balloon, num as usize) == 0 {
+                // Every page left is isolated for migration: let the migration finish.
+                fsleep(Delta::from_millis(1));
+            }
+        }
+        self.balloon.update_balloon_size();
+    }
+
+    /// Puts freshly created queues in place.
+    fn install(&self, all: AllQueues<'b>) {
+        self.balloon.lock.lock().queues = Some(all.queues);
+        *self.stats.lock() = all.stats;
+        *self.balloon.reporting.lock() = all.reporting;
+    }
+}
+
+struct RBalloonDriver;
+
+impl virtio::Driver for RBalloonDriver {
+    type Data<'bound> = RBalloon<'bound>;
+
+    const ID_TABLE: virtio::IdTable = &RBALLOON_TABLE;
+
+    // The C driver's table except FREE_PAGE_HINT, which this driver does not implement.
+    const FEATURES: &'static [u32] = &[
+        bindings::VIRTIO_BALLOON_F_MUST_TELL_HOST,
+        bindings::VIRTIO_BALLOON_F_STATS_VQ,
+        bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+        bindings::VIRTIO_BALLOON_F_PAGE_POISON,
+        bindings::VIRTIO_BALLOON_F_REPORTING,
+    ];
+
+    const WORK_ITEMS: usize = 2;
+
+    fn validate(features: &mut virtio::FeatureNegotiation<'_>) -> Result {
+        // Inform the hypervisor that our pages are poisoned or initialized. If we cannot do that
+        // then we should disable page reporting as it could potentially change the contents of
+        // our free pages.
+        if !balloon::want_init_on_free() && !balloon::page_poisoning_enabled() {
+            features.clear(bindings::VIRTIO_BALLOON_F_PAGE_POISON);
+        } else if !features.has(bindings::VIRTIO_BALLOON_F_PAGE_POISON) {
+            features.clear(bindings::VIRTIO_BALLOON_F_REPORTING);
+        }
+        // No indirect descriptors, so that adding buffers while reporting never allocates.
+        features.clear(virtio::VIRTIO_RING_F_INDIRECT_DESC);
+        // Balloon PFNs are guest-physical, never translated by an IOMMU.
+        features.clear(bindings::VIRTIO_F_ACCESS_PLATFORM);
+        Ok(())
+    }
+
+    fn probe<'bound>(
+        dev: &'bound virtio::Device<Core<'_>>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        pin_init::pin_init_scope(move || {
+            if !dev.has_config_access() {
+                dev_err!(dev, "probe failure: config access disabled\n");
+                return Err(EINVAL);
+            }
+            let all = init_vqs(dev)?;
+            let pfns = KBox::new(PfnBuffer::new(Geometry::KERNEL), GFP_KERNEL)?;
+            let deflated = KVec::with_capacity(MAX_GUEST_PAGES, GFP_KERNEL)?;
+            let inflating = KVec::with_capacity(MAX_GUEST_PAGES, GFP_KERNEL)?;
+
+            if dev.has_feature(bindings::VIRTIO_BALLOON_F_PAGE_POISON) {
+                // Let the hypervisor know the value free pages hold: zero for init_on_free, else
+                // the poison byte in every byte.
+                let poison_val = if balloon::want_init_on_free() {
+                    0
+                } else {
+                    u32::from_le_bytes([balloon::PAGE_POISON; 4])
+                };
+                let offset = core::mem::offset_of!(bindings::virtio_balloon_config, poison_val);
+                dev.config_write_le::<u32>(offset, poison_val)?;
+            }
+
+            // Without DEFLATE_ON_OOM inflated pages leave the managed page count, as in C.
+            let adjust = !dev.has_feature(bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+            let bound: &'bound virtio::Device<Bound> = dev;
+
+            Ok(try_pin_init!(RBalloon {
+                dev: bound,
+                balloon <- BalloonDevInfo::new(adjust, try_pin_init!(Host {
+                    dev: bound,
+                    lock <- new_mutex!(Inner {
+                        queues: Some(all.queues),
+                        pfns: Some(pfns),
+                        deflated,
+                        num_pages: 0,
+                    }),
+                    acks <- new_spinlock_irq!(0),
+                    acked <- new_condvar!(),
+                    reporting <- new_mutex!(all.reporting),
+                }? Error)),
+                inflating <- new_mutex!(inflating),
+                stats <- new_mutex!(all.stats),
+                puff <- new_mutex!(RateLimit::new()),
+            }? Error))
+        })
+    }
+
+    fn ready<'bound>(dev: &'bound virtio::Device<Core<'_>>, this: Pin<&RBalloon<'bound>>) {
+        // Registered here rather than in probe: the callbacks need the device live. After a
+        // restore they are registered still (EBUSY).
+        if dev.has_feature(bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM) {
+            if let Err(e) = this.balloon.register_oom_notifier(OOM_NOTIFY_PRIORITY) {
+                if e != EBUSY {
+                    dev_warn!(dev, "cannot register the OOM notifier: {:?}\n", e);
+                }
+            }
+        }
+        let capacity = this.balloon.reporting.lock().as_ref().map(|r| r.vq.size());
+        if let Some(capacity) = capacity {
+            if let Err(e) = this.balloon.register_page_reporting(None, capacity) {
+                if e != EBUSY {
+                    dev_warn!(dev, "cannot register free page reporting: {:?}\n", e);
+                }
+            }
+        }
+        // The host may have set a target before the driver was bound.
+        if this.balloon.towards_target() != 0 {
+            dev.queue_work(WORK_SIZE);
+        }
+    }
+
+    fn unbind<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&RBalloon<'bound>>) {
+        // Size and stats work are stopped already; the queues still work.
+        this.quiesce();
+        this.deflate_all();
+    }
+
+    fn shutdown<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&RBalloon<'bound>>) {
+        this.quiesce();
+    }
+
+    fn config_changed<'bound>(dev: &'bound virtio::Device<Bound>, _this: Pin<&RBalloon<'bound>>) {
+        // Refused once the driver is going away: the C `stop_update` check.
+        dev.queue_work(WORK_SIZE);
+    }
+
+    fn vq_callback<'bound>(
+        dev: &'bound virtio::Device<Bound>,
+        this: Pin<&RBalloon<'bound>>,
+        queue: usize,
+    ) {
+        match queue {
+            VQ_STATS => {
+                dev.queue_work(WORK_STATS);
+            }
+            _ => this.balloon.ack(),
+        }
+    }
+
+    fn work<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&RBalloon<'bound>>, id: usize) {
+        match id {
+            WORK_SIZE => this.update_size(dev),
+            WORK_STATS => this.update_stats(),
+            _ => {}
+        }
+    }
+
+    fn freeze<'bound>(
+        _dev: &'bound virtio::Device<Core<'_>>,
+        this: Pin<&RBalloon<'bound>>,
+    ) -> Result {
+        // The workqueue is frozen already. Deflate everything, then drop the queues, which resets
+        // the device and deletes them (the C `remove_common()`).
+        this.deflate_all();
+        let queues = this.balloon.lock.lock().queues.take();
+        let stats = this.stats.lock().take();
+        let reporting = this.balloon.reporting.lock().take();
+        drop((queues, stats, reporting));
+        Ok(())
+    }
+
+    fn restore<'bound>(
+        dev: &'bound virtio::Device<Core<'_>>,
+        this: Pin<&RBalloon<'bound>>,
+    ) -> Result {
+        this.install(init_vqs(dev)?);
+        // Tell the host the (empty) size, as the C restore does.
+        this.balloon.update_balloon_size();
+        Ok(())
+    }
+}
+
+kernel::module_virtio_driver! {
+    type: RBalloonDriver,
+    name: "rballoon",
+    authors: ["rballoon developers"],
+    description: "Virtio balloon driver (Rust)",
+    license: "GPL",
+}

@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: GPL-2.0
+
+/*
+ * Helpers for rust/kernel/balloon.rs: the static inline parts of the balloon
+ * core and of struct page that the Rust balloon abstraction needs, and the C
+ * end of its migration callback.
+ */
+
+#include <linux/balloon.h>
+#include <linux/build_bug.h>
+#include <linux/list.h>
+#include <linux/mm.h>
+#include <linux/mmzone.h>
+#include <linux/scatterlist.h>
+#include <linux/stddef.h>
+#include <linux/vmstat.h>
+
+__rust_helper void rust_helper_balloon_devinfo_init(struct balloon_dev_info *balloon)
+{
+	balloon_devinfo_init(balloon);
+}
+
+__rust_helper unsigned long rust_helper_balloon_page_to_pfn(struct page *page)
+{
+	return page_to_pfn(page);
+}
+
+/* Drops the balloon's reference, as release_pages_balloon() does in C. */
+__rust_helper void rust_helper_balloon_put_page(struct page *page)
+{
+	put_page(page);
+}
+
+/* Links a page the caller owns into a list through page->lru. */
+__rust_helper void rust_helper_balloon_list_push(struct list_head *head, struct page *page)
+{
+	list_add_tail(&page->lru, head);
+}
+
+/* Unlinks and returns the first page of a list linked through page->lru. */
+__rust_helper struct page *rust_helper_balloon_list_pop(struct list_head *head)
+{
+	struct page *page = list_first_entry_or_null(head, struct page, lru);
+
+	if (page)
+		list_del(&page->lru);
+	return page;
+}
+
+/*
+ * Racy snapshot of the number of pages isolated for migration: the counter is
+ * protected by a lock private to mm/balloon.c, so it can only be sampled.
+ */
+__rust_helper unsigned long
+rust_helper_balloon_isolated_pages(const struct balloon_dev_info *b_dev_info)
+{
+	return data_race(READ_ONCE(b_dev_info->isolated_pages));
+}
+
+__rust_helper struct page *rust_helper_balloon_sg_page(struct scatterlist *sg)
+{
+	return sg_page(sg);
+}
+
+__rust_helper bool rust_helper_balloon_want_init_on_free(void)
+{
+	return want_init_on_free();
+}
+
+__rust_helper bool rust_helper_balloon_page_poisoning_enabled_static(void)
+{
+	return page_poisoning_enabled_static();
+}
+
+__rust_helper unsigned long rust_helper_balloon_global_node_page_state(enum node_stat_item item)
+{
+	return global_node_page_state(item);
+}
+
+/*
+ * The Rust balloon device: struct balloon_dev_info followed by the Rust
+ * migration callback of its owner. Must match `RawDevInfo` in
+ * rust/kernel/balloon.rs (both sides check that the callback immediately
+ * follows the C structure).
+ */
+struct rust_balloon_dev_info {
+	struct balloon_dev_info b_dev_info;
+	int (*migrate)(struct balloon_dev_info *b_dev_info, struct page *newpage,
+		       struct page *page, unsigned int mode);
+};
+
+static_assert(offsetof(struct rust_balloon_dev_info, migrate) ==
+	      sizeof(struct balloon_dev_info));
+
+/*
+ * balloon_dev_info.migratepage of Rust balloon devices. A C function so that
+ * the indirect call from mm/balloon.c has the C type, `enum migrate_mode`
+ * included, that control-flow integrity checks against; the Rust callback it
+ * forwards to only takes plain integers and pointers.
+ */
+__rust_helper int rust_helper_balloon_migratepage(struct balloon_dev_info *b_dev_info,
+						  struct page *newpage, struct page *page,
+						  enum migrate_mode mode)
+{
+	struct rust_balloon_dev_info *rb =
+		container_of(b_dev_info, struct rust_balloon_dev_info, b_dev_info);
+
+	return rb->migrate(b_dev_info, newpage, page, (unsigned int)mode);
+}

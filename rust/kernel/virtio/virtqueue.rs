@@ -1,0 +1,660 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Virtqueues: creating a device's queues and exchanging owned buffers with the device.
+//!
+//! A driver describes its queues with a list of [`VirtqueueInfo`] and creates them with
+//! [`Device::find_vqs`]. Queues the device does not have are listed as
+//! [`VirtqueueInfo::absent`]: they keep their position in the list (so callback positions and
+//! the driver's numbering do not change) but are left nameless, and the transport neither
+//! creates them nor counts them when it numbers the queues, exactly as for C drivers that pass a
+//! NULL name.
+//!
+//! Each [`Virtqueue`] carries buffers of one type: a [`KBox<T>`] is handed over to the device
+//! with [`Virtqueue::add_outbuf`] (the device reads it, `T:` [`OutBuffer`]) or
+//! [`Virtqueue::add_inbuf`] (the device writes it, `T:` [`InBuffer`]), and comes back from
+//! [`Virtqueue::get_buf`] once the device has used it. While the device holds a buffer nobody
+//! else can reach it.
+//!
+//! C header: [`include/linux/virtio.h`](srctree/include/linux/virtio.h)
+
+use super::{Device, DeviceState};
+use crate::{alloc::Flags, bindings, device, error::to_result, prelude::*, sync::Arc};
+use core::{marker::PhantomData, ptr::NonNull};
+
+/// The highest number of queues with a callback a driver may list in [`Device::find_vqs`]: only
+/// the first this many positions of the list may have one.
+pub const MAX_CALLBACK_QUEUES: usize = 16;
+
+/// The description of one queue for [`Device::find_vqs`].
+#[derive(Clone, Copy)]
+pub struct VirtqueueInfo {
+    name: Option<&'static CStr>,
+    callback: bool,
+}
+
+impl VirtqueueInfo {
+    /// A queue named `name` whose used buffers are signalled to [`Driver::vq_callback`].
+    ///
+    /// [`Driver::vq_callback`]: super::Driver::vq_callback
+    pub const fn new(name: &'static CStr) -> Self {
+        Self {
+            name: Some(name),
+            callback: true,
+        }
+    }
+
+    /// A queue named `name` that the driver polls, without callback.
+    pub const fn without_callback(name: &'static CStr) -> Self {
+        Self {
+            name: Some(name),
+            callback: false,
+        }
+    }
+
+    /// A queue the device does not have (its feature was not negotiated).
+    pub const fn absent() -> Self {
+        Self {
+            name: None,
+            callback: false,
+        }
+    }
+
+    /// `Self::new(name)` if `present`, else [`Self::absent`].
+    pub const fn new_if(present: bool, name: &'static CStr) -> Self {
+        if present {
+            Self::new(name)
+        } else {
+            Self::absent()
+        }
+    }
+}
+
+/// A buffer the device reads: the bytes given to the device are [`OutBuffer::out_bytes`].
+///
+/// The bytes must lie within the buffer itself (not in memory it points to): they are checked to
+/// be inside the [`KBox`] allocation when the buffer is added, since that is memory the device
+/// can be given and that stays in place while the device holds it.
+pub trait OutBuffer {
+    /// The bytes to hand to the device.
+    fn out_bytes(&self) -> &[u8];
+}
+
+/// A buffer the device writes: the device may write anything to [`InBuffer::in_bytes`].
+///
+/// As for [`OutBuffer`], the bytes must lie within the buffer itself.
+pub trait InBuffer {
+    /// The bytes the device may write.
+    fn in_bytes(&mut self) -> &mut [u8];
+}
+
+impl<const N: usize> OutBuffer for [u8; N] {
+    fn out_bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl<const N: usize> InBuffer for [u8; N] {
+    fn in_bytes(&mut self) -> &mut [u8] {
+        self
+    }
+}
+
+/// A scatterlist of memory that can be lent to a device for as long as it is borrowed.
+///
+/// Used with [`Virtqueue::lend_inbuf_sg`] for memory the driver does not own, such as the free
+/// pages page reporting hands to a balloon.
+///
+/// # Safety
+///
+/// For as long as `&self` is borrowed, [`LentScatterList::sg_raw`] points to
+/// [`LentScatterList::sg_nents`] (at least one) initialised entries, the last one marked as the
+/// end of the list, describing memory in the kernel's linear mapping that the device may write
+/// and that nothing else accesses meanwhile.
+pub unsafe trait LentScatterList {
+    /// The first entry.
+    fn sg_raw(&self) -> *mut bindings::scatterlist;
+    /// The number of entries.
+    fn sg_nents(&self) -> u32;
+}
+
+// SAFETY: `ReportedPages` is free memory that page reporting lends to the driver for the duration
+// of the report callback, which its borrow does not outlive; its scatterlist has `len()` entries,
+// the last one marked as the end.
+#[cfg(CONFIG_BALLOON)]
+unsafe impl LentScatterList for crate::balloon::ReportedPages<'_> {
+    fn sg_raw(&self) -> *mut bindings::scatterlist {
+        self.as_raw()
+    }
+
+    fn sg_nents(&self) -> u32 {
+        // The page reporting capacity is at most 32 entries.
+        self.len().try_into().unwrap_or(0)
+    }
+}
+
+/// The queues found by one call of [`Device::find_vqs`], to be taken out one by one.
+///
+/// The queues are deleted together once this and all [`Virtqueue`]s taken from it are dropped.
+pub struct Virtqueues<'a> {
+    set: Arc<VirtqueueSet>,
+    vqs: KVec<Option<NonNull<bindings::virtqueue>>>,
+    _p: PhantomData<&'a ()>,
+}
+
+impl<'a> Virtqueues<'a> {
+    /// Takes the queue at position `index` of the [`VirtqueueInfo`] list, for buffers of type
+    /// `KBox<T>`.
+    ///
+    /// Returns [`ENOENT`] if there is no such queue (absent or already taken).
+    pub fn take<T>(&mut self, index: usize) -> Result<Virtqueue<'a, T>> {
+        let vq = self
+            .vqs
+            .get_mut(index)
+            .and_then(Option::take)
+            .ok_or(ENOENT)?;
+        // INVARIANT: `vq` was created by `find_vqs()` of `self.set`, and is taken only once.
+        Ok(Virtqueue {
+            vq,
+            set: self.set.clone(),
+            _p: PhantomData,
+        })
+    }
+
+    /// Whether the queue at position `index` exists (and was not taken yet).
+    pub fn has(&self, index: usize) -> bool {
+        matches!(self.vqs.get(index), Some(Some(_)))
+    }
+}
+
+/// The queues of one [`Device::find_vqs`] call, deleted together.
+///
+/// # Invariants
+///
+/// `vdev` is valid and bound for as long as this exists, and the queues it found are not deleted
+/// before this is dropped.
+struct VirtqueueSet {
+    vdev: *mut bindings::virtio_device,
+}
+
+// SAFETY: The device pointer is used for the device reset and `del_vqs`, which the transports
+// allow from any thread.
+unsafe impl Send for VirtqueueSet {}
+// SAFETY: Nothing is shared but the device pointer.
+unsafe impl Sync for VirtqueueSet {}
+
+impl VirtqueueSet {
+    /// Makes sure the device is reset: after that it no longer touches the buffers in its queues.
+    ///
+    /// A device whose status is at most `ACKNOWLEDGE` is reset already (the bus resets it when
+    /// the driver goes away and acknowledges it again); resetting it once more would lose that.
+    fn reset_device(&self) {
+        // SAFETY: By the type invariants `vdev` is valid; `config` ops are static.
+        let ops = unsafe { &*(*self.vdev).config };
+        // SAFETY: `get_status` is called with its own, valid, device.
+        let status = ops
+            .get_status
+            .map_or(u8::MAX, |get| unsafe { get(self.vdev) });
+        if u32::from(status) & !bindings::VIRTIO_CONFIG_S_ACKNOWLEDGE != 0 {
+            // SAFETY: By the type invariants `vdev` is valid.
+            unsafe { bindings::virtio_reset_device(self.vdev) };
+        }
+    }
+}
+
+impl Drop for VirtqueueSet {
+    fn drop(&mut self) {
+        self.reset_device();
+        // SAFETY: By the type invariants `vdev` is valid and its queues still exist; every
+        // `Virtqueue` using them is gone (each held a reference to `self`). `del_vqs` is a
+        // mandatory transport operation.
+        unsafe {
+            if let Some(del_vqs) = (*(*self.vdev).config).del_vqs {
+                del_vqs(self.vdev)
+            }
+        };
+    }
+}
+
+/// A virtqueue carrying buffers of type `KBox<T>`.
+///
+/// Operations on one queue must not run concurrently, hence `&mut self`: keep the queue in a
+/// lock if several contexts use it.
+///
+/// # Invariants
+///
+/// `vq` is a live queue of `set`'s device, and every token queued on it is a `KBox<T>` turned into
+/// a raw pointer by this queue.
+pub struct Virtqueue<'a, T> {
+    vq: NonNull<bindings::virtqueue>,
+    set: Arc<VirtqueueSet>,
+    _p: PhantomData<(&'a (), KBox<T>)>,
+}
+
+// SAFETY: The queue may be used from any thread as long as uses are serialised (`&mut self`); it
+// owns the `KBox<T>`s in flight.
+unsafe impl<T: Send> Send for Virtqueue<'_, T> {}
+
+/// Turns a byte region of a boxed `T` into a one-entry scatterlist, after checking that it lies
+/// inside the box.
+fn sg_for<T>(b: &KBox<T>, bytes: *const u8, len: usize) -> Result<bindings::scatterlist> {
+    let base = core::ptr::from_ref::<T>(b) as usize;
+    let start = bytes as usize;
+    let inside = start >= base
+        && start
+            .checked_add(len)
+            .is_some_and(|end| end <= base + core::mem::size_of::<T>());
+    if len == 0 || !inside {
+        return Err(EINVAL);
+    }
+    let len: u32 = len.try_into()?;
+    let mut sg = bindings::scatterlist::default();
+    // SAFETY: `sg` is valid for writes; `bytes..bytes + len` is inside a kmalloc allocation, i.e.
+    // in the kernel's linear mapping, as `sg_init_one()` requires.
+    unsafe { bindings::sg_init_one(&mut sg, bytes.cast(), len) };
+    Ok(sg)
+}
+
+impl<'a, T> Virtqueue<'a, T> {
+    fn as_raw(&self) -> *mut bindings::virtqueue {
+        self.vq.as_ptr()
+    }
+
+    fn add(
+        &mut self,
+        buf: KBox<T>,
+        sg: Result<bindings::scatterlist>,
+        out: bool,
+        gfp: Flags,
+    ) -> Result<(), (Error, KBox<T>)> {
+        let mut sg = match sg {
+            Ok(sg) => sg,
+            Err(e) => return Err((e, buf)),
+        };
+        let token = KBox::into_raw(buf);
+        // SAFETY: `self.as_raw()` is a live queue (type invariant), used exclusively (`&mut
+        // self`); `sg` describes memory inside `*token`, which the queue now owns until the device
+        // gives it back; `token` is non-NULL.
+        let ret = unsafe {
+            if out {
+                bindings::virtqueue_add_outbuf(
+                    self.as_raw(),
+                    &mut sg,
+                    1,
+                    token.cast(),
+                    gfp.as_raw(),
+                )
+            } else {
+                bindings::virtqueue_add_inbuf(self.as_raw(), &mut sg, 1, token.cast(), gfp.as_raw())
+            }
+        };
+        match to_result(ret) {
+            Ok(()) => Ok(()),
+            // SAFETY: The queue did not take `token`, which came from `KBox::into_raw` above.
+            Err(e) => Err((e, unsafe { KBox::from_raw(token) })),
+        }
+    }
+
+    /// Hands `buf` to the device to read.
+    ///
+    /// On failure (e.g. [`ENOSPC`] if the queue is full, [`EINVAL`] if [`OutBuffer::out_bytes`] is
+    /// empty or not inside `buf`) the buffer is given back with the error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::{prelude::*, virtio::Virtqueue};
+    ///
+    /// fn send(vq: &mut Virtqueue<'_, [u8; 16]>) -> Result {
+    ///     let buf = KBox::new([0x5a; 16], GFP_KERNEL)?;
+    ///     vq.add_outbuf(buf, GFP_KERNEL).map_err(|(e, _buf)| e)?;
+    ///     vq.kick();
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn add_outbuf(&mut self, buf: KBox<T>, gfp: Flags) -> Result<(), (Error, KBox<T>)>
+    where
+        T: OutBuffer,
+    {
+        let bytes = buf.out_bytes();
+        let sg = sg_for(&buf, bytes.as_ptr(), bytes.len());
+        self.add(buf, sg, true, gfp)
+    }
+
+    /// Hands `buf` to the device to write into.
+    ///
+    /// Errors as for [`Virtqueue::add_outbuf`].
+    pub fn add_inbuf(&mut self, mut buf: KBox<T>, gfp: Flags) -> Result<(), (Error, KBox<T>)>
+    where
+        T: InBuffer,
+    {
+        let bytes = buf.in_bytes();
+        let (ptr, len) = (bytes.as_mut_ptr().cast_const(), bytes.len());
+        let sg = sg_for(&buf, ptr, len);
+        self.add(buf, sg, false, gfp)
+    }
+
+    /// Queues in-buffers described by a scatterlist the caller owns, with `token` to identify
+    /// them when they come back.
+    ///
+    /// # Safety
+    ///
+    /// `sg` must point to `nents` valid, chained scatterlist entries describing memory the device
+    /// may write, and that memory must stay valid (and not be accessed by the CPU) until `token`
+    /// comes back from [`Virtqueue::get_buf`] or the queue is dropped.
+    pub unsafe fn add_inbuf_sg(
+        &mut self,
+        sg: *mut bindings::scatterlist,
+        nents: u32,
+        token: KBox<T>,
+        gfp: Flags,
+    ) -> Result<(), (Error, KBox<T>)> {
+        let token = KBox::into_raw(token);
+        // SAFETY: The queue is live and used exclusively; `sg` is valid per the safety
+        // requirements; `token` is non-NULL and owned by the queue from now on.
+        let ret = unsafe {
+            bindings::virtqueue_add_inbuf(self.as_raw(), sg, nents, token.cast(), gfp.as_raw())
+        };
+        match to_result(ret) {
+            Ok(()) => Ok(()),
+            // SAFETY: The queue did not take `token`, which came from `KBox::into_raw` above.
+            Err(e) => Err((e, unsafe { KBox::from_raw(token) })),
+        }
+    }
+
+    /// Lends the memory described by `sgl` to the device as in-buffers and waits with `wait`
+    /// until the device gives it back; returns `token`, which identified it in the queue.
+    ///
+    /// `wait` is called until it returns `token`: it typically sleeps until the queue signals a
+    /// used buffer and takes it with [`Virtqueue::get_buf`]. The queue must have nothing else in
+    /// flight ([`EBUSY`] otherwise), so the first buffer back is `sgl`'s.
+    ///
+    /// This is how a balloon reports free pages, which it borrows from the page allocator for the
+    /// duration of the report only.
+    pub fn lend_inbuf_sg<S: LentScatterList + ?Sized>(
+        &mut self,
+        sgl: &S,
+        token: KBox<T>,
+        gfp: Flags,
+        mut wait: impl FnMut(&mut Self) -> KBox<T>,
+    ) -> Result<KBox<T>, (Error, KBox<T>)> {
+        let nents = sgl.sg_nents();
+        if nents == 0 {
+            return Err((EINVAL, token));
+        }
+        if self.num_free() != self.size() {
+            return Err((EBUSY, token));
+        }
+        let raw = KBox::into_raw(token);
+        // SAFETY: The queue is live and used exclusively; `sgl` describes `nents` entries of
+        // device-writable memory valid while it is borrowed, which lasts until the device has
+        // given the buffer back below; `raw` is non-NULL and owned by the queue from now on.
+        let ret = unsafe {
+            bindings::virtqueue_add_inbuf(
+                self.as_raw(),
+                sgl.sg_raw(),
+                nents,
+                raw.cast(),
+                gfp.as_raw(),
+            )
+        };
+        if let Err(e) = to_result(ret) {
+            // SAFETY: The queue did not take `raw`, which came from `KBox::into_raw` above.
+            return Err((e, unsafe { KBox::from_raw(raw) }));
+        }
+        self.kick();
+        loop {
+            let buf = wait(self);
+            if core::ptr::eq(core::ptr::from_ref::<T>(&buf), raw) {
+                return Ok(buf);
+            }
+            // A buffer `wait` itself queued: not the one `sgl` is lent with.
+            drop(buf);
+        }
+    }
+
+    /// Takes back a buffer the device has used, with the number of bytes it wrote into it.
+    pub fn get_buf(&mut self) -> Option<(KBox<T>, u32)> {
+        let mut len = 0u32;
+        // SAFETY: The queue is live and used exclusively; `len` is valid for writes.
+        let token = unsafe { bindings::virtqueue_get_buf(self.as_raw(), &mut len) };
+        if token.is_null() {
+            return None;
+        }
+        // SAFETY: By the type invariants every token is a `KBox<T>` from `into_raw`, handed back
+        // by the queue exactly once.
+        Some((unsafe { KBox::from_raw(token.cast::<T>()) }, len))
+    }
+
+    /// Notifies the device of new buffers, if it wants to be (`virtqueue_kick()`).
+    ///
+    /// Returns `false` if the device failed (the queue is broken).
+    pub fn kick(&mut self) -> bool {
+        // SAFETY: The queue is live and used exclusively.
+        unsafe { bindings::virtqueue_kick(self.as_raw()) }
+    }
+
+    /// First half of [`Virtqueue::kick`]: whether the device needs a notification.
+    pub fn kick_prepare(&mut self) -> bool {
+        // SAFETY: The queue is live and used exclusively.
+        unsafe { bindings::virtqueue_kick_prepare(self.as_raw()) }
+    }
+
+    /// Second half of [`Virtqueue::kick`]: notifies the device; may be done without the lock that
+    /// serialises the queue's other operations.
+    pub fn notify(&self) -> bool {
+        // SAFETY: The queue is live; notifying is allowed concurrently with other operations.
+        unsafe { bindings::virtqueue_notify(self.as_raw()) }
+    }
+
+    /// The ring size: how many descriptors the queue has.
+    pub fn size(&self) -> u32 {
+        // SAFETY: The queue is live.
+        unsafe { bindings::virtqueue_get_vring_size(self.as_raw()) }
+    }
+
+    /// How many descriptors are free.
+    pub fn num_free(&self) -> u32 {
+        // SAFETY: The queue is live; `num_free` only changes under `&mut self`.
+        unsafe { (*self.as_raw()).num_free }
+    }
+
+    /// The index the transport gave the queue (absent queues are not counted).
+    pub fn index(&self) -> u32 {
+        // SAFETY: The queue is live; `index` is set at creation.
+        unsafe { (*self.as_raw()).index }
+    }
+
+    /// Asks the device not to signal used buffers (a hint).
+    pub fn disable_cb(&mut self) {
+        // SAFETY: The queue is live and used exclusively.
+        unsafe { bindings::virtqueue_disable_cb(self.as_raw()) }
+    }
+
+    /// Asks the device to signal used buffers again.
+    ///
+    /// Returns `false` if there are used buffers already: the caller should process them, as no
+    /// callback may come for them.
+    pub fn enable_cb(&mut self) -> bool {
+        // SAFETY: The queue is live and used exclusively.
+        unsafe { bindings::virtqueue_enable_cb(self.as_raw()) }
+    }
+
+    /// Whether the queue is broken (the device failed or was reset).
+    pub fn is_broken(&self) -> bool {
+        // SAFETY: The queue is live.
+        unsafe { bindings::virtqueue_is_broken(self.as_raw()) }
+    }
+}
+
+impl<T> Drop for Virtqueue<'_, T> {
+    fn drop(&mut self) {
+        // The buffers may only be taken back from a device that no longer uses them.
+        self.set.reset_device();
+        loop {
+            // SAFETY: The queue is live (it is deleted only when `self.set` goes) and the device
+            // is reset.
+            let token = unsafe { bindings::virtqueue_detach_unused_buf(self.as_raw()) };
+            if token.is_null() {
+                break;
+            }
+            // SAFETY: By the type invariants the token is a `KBox<T>`, handed back once.
+            drop(unsafe { KBox::from_raw(token.cast::<T>()) });
+        }
+    }
+}
+
+impl<'a> Device<device::Core<'a>> {
+    /// Creates the device's virtqueues, one per entry of `infos` (`virtio_find_vqs()`).
+    ///
+    /// Entries made with [`VirtqueueInfo::absent`] create no queue, as a NULL name does for C
+    /// drivers, so that the transport numbers the queues exactly as for the C driver with the
+    /// same list. Callbacks are available for the first [`MAX_CALLBACK_QUEUES`] positions.
+    ///
+    /// Returns [`EBUSY`] if the device has queues already, [`EINVAL`] if `infos` names no queue or
+    /// asks for a callback beyond [`MAX_CALLBACK_QUEUES`] or is called outside of probe or
+    /// restore of a Rust driver.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::{device::Core, prelude::*, virtio::{self, VirtqueueInfo}};
+    ///
+    /// fn queues<'a>(
+    ///     dev: &'a virtio::Device<Core<'_>>,
+    ///     stats: bool,
+    /// ) -> Result<(virtio::Virtqueue<'a, [u8; 8]>, Option<virtio::Virtqueue<'a, [u8; 8]>>)> {
+    ///     let mut vqs = dev.find_vqs(&[
+    ///         VirtqueueInfo::new(c"requests"),
+    ///         VirtqueueInfo::new_if(stats, c"stats"),
+    ///     ])?;
+    ///     let requests = vqs.take(0)?;
+    ///     let stats = if stats { Some(vqs.take(1)?) } else { None };
+    ///     Ok((requests, stats))
+    /// }
+    /// ```
+    pub fn find_vqs<'b>(&'b self, infos: &[VirtqueueInfo]) -> Result<Virtqueues<'b>> {
+        let vdev = self.as_raw();
+        // SAFETY: In `Core` context of a Rust virtio driver `priv` is NULL or our `DeviceState`,
+        // which outlives the callback this is called from.
+        let state: &DeviceState = unsafe { DeviceState::from_priv(vdev) }.ok_or(EINVAL)?;
+
+        if !infos.iter().any(|i| i.name.is_some()) {
+            return Err(EINVAL);
+        }
+        // SAFETY: `vdev` is valid; the queue list only changes in `find_vqs`/`del_vqs`, which
+        // `Core` context serialises with this.
+        let empty = unsafe {
+            let head = core::ptr::addr_of_mut!((*vdev).vqs);
+            (*head).next == head
+        };
+        if !empty {
+            return Err(EBUSY);
+        }
+
+        let mut raw_infos = KVec::with_capacity(infos.len(), GFP_KERNEL)?;
+        for (i, info) in infos.iter().enumerate() {
+            let callback = if info.callback && info.name.is_some() {
+                Some(*state.vq_callbacks.get(i).ok_or(EINVAL)?)
+            } else {
+                None
+            };
+            raw_infos.push(
+                bindings::virtqueue_info {
+                    name: info.name.map_or(core::ptr::null(), |n| n.as_char_ptr()),
+                    callback,
+                    ctx: false,
+                },
+                GFP_KERNEL,
+            )?;
+        }
+        let mut raw_vqs = KVec::<*mut bindings::virtqueue>::with_capacity(infos.len(), GFP_KERNEL)?;
+        let mut vqs =
+            KVec::<Option<NonNull<bindings::virtqueue>>>::with_capacity(infos.len(), GFP_KERNEL)?;
+        for _ in infos {
+            raw_vqs.push(core::ptr::null_mut(), GFP_KERNEL)?;
+            vqs.push(None, GFP_KERNEL)?;
+        }
+
+        // SAFETY: `vdev` is valid; both arrays hold `infos.len()` entries; names are `'static`.
+        to_result(unsafe {
+            bindings::virtio_find_vqs(
+                vdev,
+                infos.len().try_into()?,
+                raw_vqs.as_mut_ptr(),
+                raw_infos.as_mut_ptr(),
+                core::ptr::null_mut(),
+            )
+        })?;
+
+        let set = VirtqueueSet { vdev };
+        // On failure `set` is dropped, which resets the device and deletes the queues again.
+        let set = Arc::new(set, GFP_KERNEL)?;
+        for (vq, raw) in vqs.iter_mut().zip(raw_vqs.iter()) {
+            *vq = NonNull::new(*raw);
+        }
+        // INVARIANT: The queues exist until `set` (and every queue taken out) is dropped.
+        Ok(Virtqueues {
+            set,
+            vqs,
+            _p: PhantomData,
+        })
+    }
+}
+
+#[macros::kunit_tests(rust_kernel_virtio)]
+mod tests {
+    use super::*;
+    use crate::virtio::ConfigValue;
+
+    /// Bytes that are not inside the buffer itself: a buffer must not be able to hand them over.
+    struct Elsewhere(&'static [u8]);
+
+    impl OutBuffer for Elsewhere {
+        fn out_bytes(&self) -> &[u8] {
+            self.0
+        }
+    }
+
+    static ELSEWHERE: [u8; 8] = [0; 8];
+
+    #[test]
+    fn sg_covers_only_bytes_inside_the_box() -> Result {
+        let b = KBox::new([0u8; 16], GFP_KERNEL)?;
+        let p = b.as_ptr();
+
+        let sg = sg_for(&b, p, 16)?;
+        assert_eq!(sg.length, 16);
+        let sg = sg_for(&b, p.wrapping_add(8), 8)?;
+        assert_eq!(sg.length, 8);
+
+        assert_eq!(sg_for(&b, p, 17).err(), Some(EINVAL));
+        assert_eq!(sg_for(&b, p.wrapping_add(16), 1).err(), Some(EINVAL));
+        assert_eq!(sg_for(&b, p, 0).err(), Some(EINVAL));
+        assert_eq!(sg_for(&b, p.wrapping_sub(1), 4).err(), Some(EINVAL));
+
+        let e = KBox::new(Elsewhere(&ELSEWHERE), GFP_KERNEL)?;
+        let bytes = e.out_bytes();
+        assert_eq!(sg_for(&e, bytes.as_ptr(), bytes.len()).err(), Some(EINVAL));
+        Ok(())
+    }
+
+    #[test]
+    fn config_values_are_little_endian() {
+        assert_eq!(0x1234u16.encode_le()[..2], [0x34, 0x12]);
+        assert_eq!(0x1234_5678u32.encode_le()[..4], [0x78, 0x56, 0x34, 0x12]);
+        let v = 0x0102_0304_0506_0708u64;
+        assert_eq!(u64::decode_le(v.encode_le()), v);
+        assert_eq!(u8::decode_le([0xab, 1, 2, 3, 4, 5, 6, 7]), 0xab);
+        assert_eq!(u32::decode_le([1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]), 1);
+    }
+
+    #[test]
+    fn absent_queues_have_no_name_and_no_callback() {
+        let absent = VirtqueueInfo::new_if(false, c"stats");
+        assert!(absent.name.is_none() && !absent.callback);
+        let present = VirtqueueInfo::new_if(true, c"stats");
+        assert_eq!(present.name.map(|n| n.to_bytes()), Some(&b"stats"[..]));
+        assert!(present.callback);
+        assert!(!VirtqueueInfo::without_callback(c"free_page_vq").callback);
+    }
+}

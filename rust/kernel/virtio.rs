@@ -18,6 +18,27 @@
 //!   dropped, after the device has been reset, and the buffers still queued are given back and
 //!   dropped then.
 //!
+//! # API summary
+//!
+//! - [`Driver`]: `Data<'bound>` (the device data, `Send + Sync`), `ID_TABLE`
+//!   ([`virtio_device_table!`](crate::virtio_device_table) of [`DeviceId`]s), `FEATURES`,
+//!   `FEATURES_LEGACY`, `WORK_ITEMS`; callbacks `validate` ([`FeatureNegotiation`]: `has`,
+//!   `clear`, `device`), `probe`, `ready` (device live, after probe and restore), `unbind`,
+//!   `config_changed` (atomic), `vq_callback(queue position)` (interrupt), `work(id)`,
+//!   `shutdown`, `freeze`, `restore`.
+//! - [`Device`]: `device_id`, `vendor_id`; bound: `has_feature`, `is_little_endian`,
+//!   `has_config_access`, `config_read_le::<u8|u16|u32|u64>(offset)`, `config_write_le`,
+//!   `queue_work(id)` (freezable system workqueue; refused before `ready` and while going away);
+//!   core: `find_vqs(&[VirtqueueInfo])`, `reset`.
+//! - [`VirtqueueInfo`]: `new(name)`, `without_callback(name)`, `absent()`, `new_if(bool, name)`.
+//!   [`Virtqueues`]: `take::<T>(position)`, `has(position)`.
+//! - [`Virtqueue<T>`](Virtqueue), buffers are `KBox<T>`: `add_outbuf` (`T:` [`OutBuffer`]),
+//!   `add_inbuf` (`T:` [`InBuffer`]), `lend_inbuf_sg` (a borrowed [`LentScatterList`], e.g. free
+//!   pages to report), unsafe `add_inbuf_sg`, `get_buf -> (KBox<T>, len)`, `kick`,
+//!   `kick_prepare`, `notify`, `size`, `num_free`, `index`, `disable_cb`, `enable_cb`,
+//!   `is_broken`. Dropping the last queue of a set resets the device, frees the buffers still
+//!   queued and deletes the queues.
+//!
 //! C header: [`include/linux/virtio.h`](srctree/include/linux/virtio.h) and
 //! [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h)
 

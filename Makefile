@@ -11,7 +11,7 @@ FLAVOUR ?= guest
 export RBALLOON_FLAVOUR := $(FLAVOUR)
 ACCEL ?= tcg
 export ACCEL
-DRIVER ?= c
+DRIVER ?= rust
 MEM ?= 2048
 
 S := scripts/rballoon
@@ -56,7 +56,7 @@ lint: kernel
 	@$(S)/lint.sh
 
 harness-test: guest harness
-	@$(S)/timed.sh "harness tests" cargo test --release --manifest-path $(HARNESS_DIR)/Cargo.toml -- --test-threads=1
+	@$(S)/timed.sh "harness tests" cargo test --release --features rust-driver --manifest-path $(HARNESS_DIR)/Cargo.toml -- --test-threads=1
 
 test:
 	@$(S)/test.sh

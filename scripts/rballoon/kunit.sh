@@ -12,7 +12,7 @@ log=$RB_CACHE/logs/kunit.log
 # Same lock as the guest build: one kernel build at a time.
 exec 9> "$RB_CACHE/build.lock"
 flock -n 9 || { rb_log "waiting for another build to finish"; flock 9; }
-"$RB_REPO/scripts/rballoon/mktree.sh"
+RB_TREE_LOCKED=1 "$RB_REPO/scripts/rballoon/mktree.sh"
 
 run() {
 	RB_CHDIR=$RB_SRC "$RB_REPO/scripts/rballoon/in-root.sh" python3 tools/testing/kunit/kunit.py run \

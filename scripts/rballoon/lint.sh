@@ -13,7 +13,7 @@ guest=$RB_OUT/guest
 mkdir -p "$out"
 exec 9> "$RB_CACHE/build.lock"
 flock -n 9 || { rb_log "waiting for another build to finish"; flock 9; }
-"$RB_REPO/scripts/rballoon/mktree.sh"
+RB_TREE_LOCKED=1 "$RB_REPO/scripts/rballoon/mktree.sh"
 cmp -s "$guest/.config" "$out/.config" || cp "$guest/.config" "$out/.config"
 
 K=("$RB_REPO/scripts/rballoon/in-root.sh" make -C "$RB_SRC" O="$out" LLVM=1 -j"$(nproc)" -s)

@@ -17,7 +17,7 @@ mkdir -p "$out"
 # build would change its sources. Others wait here.
 exec 9> "$RB_CACHE/build.lock"
 flock -n 9 || { rb_log "waiting for another build to finish"; flock 9; }
-"$RB_REPO/scripts/rballoon/mktree.sh"
+RB_TREE_LOCKED=1 "$RB_REPO/scripts/rballoon/mktree.sh"
 K=(make -C "$RB_SRC" O="$out" LLVM=1 -j"$(nproc)" -s)
 
 # Every symbol a fragment sets must end up in .config with that value, or the build is not what the

@@ -87,7 +87,7 @@ build_history() {
 				[ -f "$patch" ] || rb_die "patches/series names $kind, which does not exist"
 				git apply --cached --whitespace=nowarn "$patch" ||
 					rb_die "patch $kind no longer applies to the tree"
-				git mailinfo -k "$tmpd/msg" "$tmpd/body" < "$patch" > "$tmpd/info"
+				git mailinfo "$tmpd/msg" "$tmpd/body" < "$patch" > "$tmpd/info"
 				{ sed -n 's/^Subject: //p' "$tmpd/info"; echo; cat "$tmpd/msg"; } > "$tmpd/message"
 				author=$(sed -n 's/^Author: //p' "$tmpd/info")
 				email=$(sed -n 's/^Email: //p' "$tmpd/info")
@@ -111,6 +111,12 @@ build_history() {
 	echo "$head"
 }
 
+# The tree must not change under a running build: take the build lock unless our caller holds it.
+if [ -z "${RB_TREE_LOCKED:-}" ]; then
+	mkdir -p "$RB_CACHE"
+	exec 9> "$RB_CACHE/build.lock"
+	flock -n 9 || { rb_log "waiting for a build to finish"; flock 9; }
+fi
 [ -d "$RB_SRC/.git" ] || rb_step "extracting the pristine 7.3 source" extract_pristine
 want=$(build_history) && [ -n "$want" ] || rb_die "could not assemble the patched tree (see above)"
 if [ "$(git rev-parse HEAD)" != "$want" ]; then

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
+#include <linux/pm_wakeup.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
 
@@ -41,4 +42,23 @@ __rust_helper void rust_helper_virtio_synchronize_cbs(struct virtio_device *vdev
 __rust_helper bool rust_helper_virtio_is_little_endian(struct virtio_device *vdev)
 {
 	return virtio_is_little_endian(vdev);
+}
+
+/*
+ * Without CONFIG_PM_SLEEP these are static inline stubs; with it, bindgen binds the exported
+ * functions directly and these helpers go unused.
+ */
+__rust_helper void rust_helper_pm_stay_awake(struct device *dev)
+{
+	pm_stay_awake(dev);
+}
+
+__rust_helper void rust_helper_pm_relax(struct device *dev)
+{
+	pm_relax(dev);
+}
+
+__rust_helper void rust_helper_device_set_wakeup_capable(struct device *dev, bool capable)
+{
+	device_set_wakeup_capable(dev, capable);
 }

@@ -1016,11 +1016,70 @@ impl Device<device::Bound> {
     }
 }
 
+impl Device<device::Bound> {
+    /// Reports the start of a wakeup event on this device (`pm_stay_awake()`): the system does
+    /// not suspend until [`Device::pm_relax`] ends it.
+    ///
+    /// Only has an effect once the device was made wakeup capable with
+    /// [`Device::set_wakeup_capable`] (and userspace left wakeup enabled). Calls do not nest: the
+    /// caller tracks whether an event is in progress and relaxes once. Never sleeps, so it may be
+    /// called from interrupt context, such as [`Driver::config_changed`] or a queue callback.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::{device::Bound, virtio};
+    ///
+    /// fn handle_event(dev: &virtio::Device<Bound>) {
+    ///     dev.pm_stay_awake();
+    ///     // ... handle the event; the system stays awake meanwhile ...
+    ///     dev.pm_relax();
+    /// }
+    /// ```
+    pub fn pm_stay_awake(&self) {
+        // SAFETY: By the type invariant the device is valid, and its embedded `struct device`
+        // with it. `pm_stay_awake()` takes the device's power lock with interrupts saved, and
+        // does nothing for a device without a wakeup source.
+        unsafe { bindings::pm_stay_awake(self.as_ref().as_raw()) };
+    }
+
+    /// Reports the end of the wakeup event started by [`Device::pm_stay_awake`] (`pm_relax()`).
+    ///
+    /// Never sleeps, so it may be called from interrupt context.
+    pub fn pm_relax(&self) {
+        // SAFETY: By the type invariant the device is valid, and its embedded `struct device`
+        // with it. `pm_relax()` takes the device's power lock with interrupts saved, and does
+        // nothing for a device without a wakeup source.
+        unsafe { bindings::pm_relax(self.as_ref().as_raw()) };
+    }
+}
+
 impl<'a> Device<device::Core<'a>> {
     /// Resets the device (`virtio_reset_device()`): it stops using its queues and interrupts.
     pub fn reset(&self) {
         // SAFETY: The device is valid; `Core` context serialises this with probe and remove.
         unsafe { bindings::virtio_reset_device(self.as_raw()) };
+    }
+
+    /// Declares whether the device can wake the system up (`device_set_wakeup_capable()`).
+    ///
+    /// A capable device gets its `power/wakeup` sysfs attributes, and userspace may then enable
+    /// a wakeup source for it, which [`Device::pm_stay_awake`] and [`Device::pm_relax`] drive.
+    /// It may sleep (it adds sysfs attributes): hence only in a `Core` context, such as probe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::{device::Core, virtio};
+    ///
+    /// fn probe_wakeup(dev: &virtio::Device<Core<'_>>) {
+    ///     dev.set_wakeup_capable(true);
+    /// }
+    /// ```
+    pub fn set_wakeup_capable(&self, capable: bool) {
+        // SAFETY: By the type invariant the device is valid, and its embedded `struct device`
+        // with it; the `Core` context means process context, as the sysfs update requires.
+        unsafe { bindings::device_set_wakeup_capable(self.as_ref().as_raw(), capable) };
     }
 }
 

@@ -80,6 +80,8 @@ impl Geometry {
     }
 
     /// The guest page shift this geometry describes.
+    // Only the KUnit tests read it back.
+    #[cfg(CONFIG_KUNIT = "y")]
     pub(crate) const fn page_shift(self) -> u32 {
         self.page_shift
     }
@@ -144,11 +146,15 @@ impl PfnBuffer {
     }
 
     /// Whether the buffer holds no PFN.
+    // Only the KUnit tests read it back.
+    #[cfg(CONFIG_KUNIT = "y")]
     pub(crate) const fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Number of guest pages in the buffer.
+    // Only the KUnit tests read it back.
+    #[cfg(CONFIG_KUNIT = "y")]
     pub(crate) const fn guest_pages(&self) -> usize {
         self.len / self.geometry.pages_per_page() as usize
     }
@@ -177,6 +183,8 @@ impl PfnBuffer {
     }
 
     /// The `index`-th balloon PFN in the buffer, if there is one.
+    // Only the KUnit tests read it back.
+    #[cfg(CONFIG_KUNIT = "y")]
     pub(crate) fn get(&self, index: usize) -> Option<u32> {
         if index >= self.len {
             return None;

@@ -28,10 +28,12 @@
 //!   queue size,
 //! - balloon page migration telling the host about the new page, then the old one,
 //! - on removal: no more updates, the whole balloon deflated, the device reset, the queues
-//!   deleted; on freeze the same without removal, and the queues created again on restore.
+//!   deleted; on freeze the same without removal, and the queues created again on restore,
+//! - the device made wakeup capable, and its wakeup source kept active from a size change or a
+//!   stats request until the work handling it is done, so that the system does not suspend
+//!   halfway through adjusting the balloon.
 //!
-//! Not implemented: free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`, not offered) and the C
-//! driver's wakeup source that keeps the system awake while the balloon is being adjusted.
+//! Not implemented: free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`, not offered).
 
 use kernel::{
     alloc::flags::GFP_NOWAIT,
@@ -67,6 +69,11 @@ const VQ_REPORTING: usize = 4;
 /// Deferred work items.
 const WORK_SIZE: usize = 0;
 const WORK_STATS: usize = 1;
+
+/// Wakeup signals: which work items have an event to handle, as the C
+/// `VIRTIO_BALLOON_WAKEUP_SIGNAL_*`.
+const WAKEUP_SIGNAL_ADJUST: u32 = 1 << 0;
+const WAKEUP_SIGNAL_STATS: u32 = 1 << 1;
 
 /// Guest pages in one full request.
 const MAX_GUEST_PAGES: usize = VIRTIO_BALLOON_ARRAY_PFNS_MAX / PAGES_PER_PAGE as usize;
@@ -126,6 +133,14 @@ impl RateLimit {
         self.printed = self.printed.saturating_add(1);
         self.printed <= Self::BURST
     }
+}
+
+/// The wakeup event state (the C driver's `wakeup_lock` and what it protects).
+struct Wakeup {
+    /// Whether the device's wakeup source is active (`pm_stay_awake()` was called).
+    processing: bool,
+    /// `WAKEUP_SIGNAL_*` bits of the events signalled but not yet taken up by their work item.
+    signal_mask: u32,
 }
 
 /// The inflate and deflate queues.
@@ -387,6 +402,9 @@ struct RBalloon<'b> {
     stats: Mutex<Option<StatsQueue<'b>>>,
     #[pin]
     puff: Mutex<RateLimit>,
+    /// Taken in the config-change and queue callbacks, which run in interrupt context.
+    #[pin]
+    wakeup: SpinLockIrq<Wakeup>,
 }
 
 /// Creates the queues (the C `init_vqs()`), priming the stats queue with one buffer.
@@ -487,8 +505,52 @@ impl<'b> RBalloon<'b> {
         done
     }
 
+    /// Signals the events in `mask`, keeping the system awake until their work is done (the C
+    /// `start_wakeup_event()`). Called in interrupt context too.
+    fn start_wakeup_event(&self, mask: u32) {
+        let mut w = self.wakeup.lock();
+        w.signal_mask |= mask;
+        if !w.processing {
+            w.processing = true;
+            self.dev.pm_stay_awake();
+        }
+    }
+
+    /// A work item takes up the events in `mask` (the C `process_wakeup_event()`): one signalled
+    /// after this will queue it again and keep the system awake until that run.
+    fn process_wakeup_event(&self, mask: u32) {
+        self.wakeup.lock().signal_mask &= !mask;
+    }
+
+    /// Lets the system suspend again once no event is left to handle (the C
+    /// `finish_wakeup_event()`).
+    fn finish_wakeup_event(&self) {
+        let mut w = self.wakeup.lock();
+        if w.signal_mask == 0 && w.processing {
+            w.processing = false;
+            self.dev.pm_relax();
+        }
+    }
+
+    /// Queues the size work, keeping the system awake until it is done (the C
+    /// `start_update_balloon_size()`).
+    fn start_update_balloon_size(&self, dev: &virtio::Device<Bound>) {
+        self.start_wakeup_event(WAKEUP_SIGNAL_ADJUST);
+        dev.queue_work(WORK_SIZE);
+    }
+
+    /// Drops the events nobody will handle any more, once the work items are stopped for good.
+    ///
+    /// The C driver leaves the wakeup source active if an event came in while it was being
+    /// removed; this lets the system suspend again instead.
+    fn cancel_wakeup_events(&self) {
+        self.wakeup.lock().signal_mask = 0;
+        self.finish_wakeup_event();
+    }
+
     /// The size work (the C `update_balloon_size_func()`).
     fn update_size(&self, dev: &virtio::Device<Bound>) {
+        self.process_wakeup_event(WAKEUP_SIGNAL_ADJUST);
         let diff = self.balloon.towards_target();
         let current = self.balloon.lock.lock().num_pages;
         let step = target::next_step(diff, current);
@@ -500,13 +562,21 @@ impl<'b> RBalloon<'b> {
         if diff != 0 {
             self.balloon.update_balloon_size();
         }
-        if target::remaining(diff, step, done) != 0 {
-            dev.queue_work(WORK_SIZE);
+        // Not done yet: the next run finishes the event. `queue_work()` only refuses, from the
+        // running work item, once the driver is going away: then nothing will finish it later.
+        if target::remaining(diff, step, done) == 0 || !dev.queue_work(WORK_SIZE) {
+            self.finish_wakeup_event();
         }
     }
 
-    /// The stats work (the C `stats_handle_request()`): answers the host's request with fresh
-    /// statistics.
+    /// The stats work (the C `update_balloon_stats_func()`).
+    fn update_stats_work(&self) {
+        self.process_wakeup_event(WAKEUP_SIGNAL_STATS);
+        self.update_stats();
+        self.finish_wakeup_event();
+    }
+
+    /// Answers the host's request with fresh statistics (the C `stats_handle_request()`).
     fn update_stats(&self) {
         let mut guard = self.stats.lock();
         let Some(stats) = &mut *guard else {
@@ -612,6 +682,11 @@ impl virtio::Driver for RBalloonDriver {
                 dev.config_write_le::<u32>(offset, poison_val)?;
             }
 
+            // The balloon cannot wake the system itself, but it handles wakeup events passed up
+            // by the transport. Wakeup sources do not nest, so it uses the device's own, not the
+            // transport's (as the C driver).
+            dev.set_wakeup_capable(true);
+
             // Without DEFLATE_ON_OOM inflated pages leave the managed page count, as in C.
             let adjust = !dev.has_feature(bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
             let bound: &'bound virtio::Device<Bound> = dev;
@@ -633,6 +708,10 @@ impl virtio::Driver for RBalloonDriver {
                 inflating <- new_mutex!(inflating),
                 stats <- new_mutex!(all.stats),
                 puff <- new_mutex!(RateLimit::new()),
+                wakeup <- new_spinlock_irq!(Wakeup {
+                    processing: false,
+                    signal_mask: 0,
+                }),
             }? Error))
         })
     }
@@ -657,7 +736,7 @@ impl virtio::Driver for RBalloonDriver {
         }
         // The host may have set a target before the driver was bound.
         if this.balloon.towards_target() != 0 {
-            dev.queue_work(WORK_SIZE);
+            this.start_update_balloon_size(dev);
         }
     }
 
@@ -665,15 +744,17 @@ impl virtio::Driver for RBalloonDriver {
         // Size and stats work are stopped already; the queues still work.
         this.quiesce();
         this.deflate_all();
+        this.cancel_wakeup_events();
     }
 
     fn shutdown<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&RBalloon<'bound>>) {
         this.quiesce();
     }
 
-    fn config_changed<'bound>(dev: &'bound virtio::Device<Bound>, _this: Pin<&RBalloon<'bound>>) {
-        // Refused once the driver is going away: the C `stop_update` check.
-        dev.queue_work(WORK_SIZE);
+    fn config_changed<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&RBalloon<'bound>>) {
+        // Queueing is refused once the driver is going away: the C `stop_update` check. A wakeup
+        // event started then is dropped by `unbind`.
+        this.start_update_balloon_size(dev);
     }
 
     fn vq_callback<'bound>(
@@ -683,6 +764,7 @@ impl virtio::Driver for RBalloonDriver {
     ) {
         match queue {
             VQ_STATS => {
+                this.start_wakeup_event(WAKEUP_SIGNAL_STATS);
                 dev.queue_work(WORK_STATS);
             }
             _ => this.balloon.ack(),
@@ -692,7 +774,7 @@ impl virtio::Driver for RBalloonDriver {
     fn work<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&RBalloon<'bound>>, id: usize) {
         match id {
             WORK_SIZE => this.update_size(dev),
-            WORK_STATS => this.update_stats(),
+            WORK_STATS => this.update_stats_work(),
             _ => {}
         }
     }

@@ -95,6 +95,8 @@ impl StatsBuffer {
     }
 
     /// Whether the report holds no entry.
+    // Only the KUnit tests read it back.
+    #[cfg(CONFIG_KUNIT = "y")]
     pub(crate) const fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -105,6 +107,8 @@ impl StatsBuffer {
     }
 
     /// The tag and value of entry `index`, decoded back from the payload.
+    // Only the KUnit tests read it back.
+    #[cfg(CONFIG_KUNIT = "y")]
     pub(crate) fn entry(&self, index: usize) -> Option<(u16, u64)> {
         if index >= self.len {
             return None;

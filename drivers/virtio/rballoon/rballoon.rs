@@ -11,7 +11,8 @@
 //! It follows the C driver, `drivers/virtio/virtio_balloon.c`:
 //!
 //! - the same queue list (absent queues left nameless so that the transport numbers them alike),
-//! - at most 256 PFNs per request, and the host acknowledges each request before the next,
+//! - at most 256 PFNs per request buffer; unlike C, one step queues up to 16 such buffers, kicks
+//!   once and waits once until the host has used them all (see `batch.rs`),
 //! - deflated pages are given back to the page allocator only after the host was told
 //!   (`VIRTIO_BALLOON_F_MUST_TELL_HOST`),
 //! - when pages cannot be allocated: "Out of puff!", a 200 ms pause and a later retry,
@@ -51,10 +52,12 @@ use kernel::{
     virtio::{self, Virtqueue, VirtqueueInfo},
 };
 
+mod batch;
 mod pfn;
 mod stats;
 mod target;
 
+use batch::{PfnBatch, MAX_BUFFERS_IN_FLIGHT, STEP_PFNS_MAX};
 use pfn::{Geometry, PfnBuffer, PAGES_PER_PAGE, VIRTIO_BALLOON_ARRAY_PFNS_MAX};
 use stats::StatsBuffer;
 use target::Step;
@@ -75,8 +78,11 @@ const WORK_STATS: usize = 1;
 const WAKEUP_SIGNAL_ADJUST: u32 = 1 << 0;
 const WAKEUP_SIGNAL_STATS: u32 = 1 << 1;
 
-/// Guest pages in one full request.
+/// Guest pages in one full request buffer.
 const MAX_GUEST_PAGES: usize = VIRTIO_BALLOON_ARRAY_PFNS_MAX / PAGES_PER_PAGE as usize;
+
+/// Guest pages in one full step (a batch of full request buffers).
+const STEP_GUEST_PAGES: usize = STEP_PFNS_MAX / PAGES_PER_PAGE as usize;
 
 /// Balloon pages (4 KiB) to deflate per OOM notification, as the C driver.
 const OOM_NR_PAGES: usize = 256;
@@ -172,10 +178,10 @@ struct AllQueues<'b> {
 struct Inner<'b> {
     /// `None` between freeze and restore.
     queues: Option<Queues<'b>>,
-    /// The request buffer; `None` only while the host holds it.
-    pfns: Option<KBox<PfnBuffer>>,
-    /// Pages being deflated, kept until the host was told. Preallocated for a full request.
-    deflated: KVec<DeflatedPage>,
+    /// The request buffers; all of them are here but while the host holds some.
+    pfns: PfnBatch,
+    /// Pages being deflated, kept until the host was told. Preallocated for a full step.
+    deflated: KVVec<DeflatedPage>,
     /// Balloon pages (4 KiB) the host has been told about.
     num_pages: u32,
 }
@@ -233,32 +239,56 @@ impl Host<'_> {
     }
 
     /// Sends the PFNs in `inner.pfns` to the host and waits until it has read them (the C
-    /// `tell_host()`).
+    /// `tell_host()`, for a whole batch of buffers).
+    ///
+    /// Queues as many of the filled buffers as the queue has room for, kicks once, and waits until
+    /// the host has used every one of them; again if some did not fit. Returns once the host has
+    /// seen every PFN that could be queued, so the caller may release deflated pages.
     fn tell_host(&self, inner: &mut Inner<'_>, dir: Direction) {
-        let (Some(queues), Some(buf)) = (inner.queues.as_mut(), inner.pfns.take()) else {
+        let Inner { queues, pfns, .. } = inner;
+        let Some(queues) = queues.as_mut() else {
             return;
         };
         let vq = match dir {
             Direction::Inflate => &mut queues.inflate,
             Direction::Deflate => &mut queues.deflate,
         };
-        // An empty queue always has room for one buffer, so this only fails on a broken device.
-        if let Err((e, buf)) = vq.add_outbuf(buf, GFP_KERNEL) {
-            dev_warn!(self.dev, "cannot queue a request: {:?}\n", e);
-            inner.pfns = Some(buf);
-            return;
+        while pfns.filled() != 0 {
+            let room = batch::buffers_that_fit(vq.num_free());
+            let mut queued = 0;
+            let mut failed = false;
+            while queued < room {
+                let Some(buf) = pfns.take() else {
+                    break;
+                };
+                // The queue had room for this buffer, so this only fails on a broken device.
+                if let Err((e, buf)) = vq.add_outbuf(buf, GFP_KERNEL) {
+                    dev_warn!(self.dev, "cannot queue a request: {:?}\n", e);
+                    pfns.give_back(buf);
+                    failed = true;
+                    break;
+                }
+                queued += 1;
+            }
+            if queued != 0 {
+                vq.kick();
+                for _ in 0..queued {
+                    let buf = self.wait_used(vq);
+                    pfns.give_back(buf);
+                }
+            }
+            if failed || queued == 0 {
+                // Nothing more can be sent; the next step starts afresh.
+                pfns.start(0);
+                return;
+            }
         }
-        vq.kick();
-        inner.pfns = Some(self.wait_used(vq));
     }
 
     /// Sends the PFNs of the single guest page `pfn` on `dir`.
     fn tell_page(&self, inner: &mut Inner<'_>, dir: Direction, pfn: usize) {
-        let Some(buf) = inner.pfns.as_mut() else {
-            return;
-        };
-        buf.clear();
-        if buf.push_page(pfn).is_err() {
+        inner.pfns.start(1);
+        if inner.pfns.push_page(pfn).is_err() {
             return;
         }
         self.tell_host(inner, dir);
@@ -286,8 +316,8 @@ impl Host<'_> {
     }
 }
 
-/// Deflates by up to `num` balloon pages, at most one request; returns how many (the C
-/// `leak_balloon()`).
+/// Deflates by up to `num` balloon pages, at most one step; returns how many (the C
+/// `leak_balloon()`, batched).
 fn leak(b: &Balloon<'_>, num: usize) -> usize {
     let mut inner = b.lock.lock();
     if inner.queues.is_none() {
@@ -295,30 +325,37 @@ fn leak(b: &Balloon<'_>, num: usize) -> usize {
         return 0;
     }
     // We can't release more pages than taken.
-    let num = num
-        .min(VIRTIO_BALLOON_ARRAY_PFNS_MAX)
-        .min(inner.num_pages as usize);
-    let Some(mut buf) = inner.pfns.take() else {
-        return 0;
-    };
-    buf.clear();
+    let num = num.min(STEP_PFNS_MAX).min(inner.num_pages as usize);
     let Inner {
+        pfns,
         deflated,
         num_pages,
         ..
     } = &mut *inner;
+    pfns.start(batch::buffers_for(num, Geometry::KERNEL));
     // Bounded by the room left, so that no page is ever released before the host was told.
-    let guest_pages = num
+    let mut guest_pages = num
         .div_ceil(PAGES_PER_PAGE as usize)
-        .min(deflated.capacity() - deflated.len());
-    b.dequeue_many(guest_pages, |page| {
-        let _ = buf.push_page(page.pfn());
-        *num_pages -= PAGES_PER_PAGE;
-        // Cannot fail: there is room for `guest_pages` pages.
-        let _ = deflated.push_within_capacity(page);
-    });
-    let done = buf.len();
-    inner.pfns = Some(buf);
+        .min(deflated.capacity() - deflated.len())
+        .min(pfns.guest_page_room());
+    // One request buffer's worth at a time: the balloon core holds its page list lock, with
+    // interrupts off, while it takes the pages out.
+    while guest_pages != 0 {
+        let chunk = guest_pages.min(MAX_GUEST_PAGES);
+        let got = b.dequeue_many(chunk, |page| {
+            // Cannot fail: there is room for `guest_pages` pages.
+            let _ = pfns.push_page(page.pfn());
+            *num_pages -= PAGES_PER_PAGE;
+            // Cannot fail: there is room for `guest_pages` pages.
+            let _ = deflated.push_within_capacity(page);
+        });
+        if got < chunk {
+            // The balloon is empty, or the rest is isolated for migration.
+            break;
+        }
+        guest_pages -= chunk;
+    }
+    let done = pfns.len();
     // With VIRTIO_BALLOON_F_MUST_TELL_HOST the host must know before the pages are used again:
     // tell it first, release them afterwards.
     if done != 0 {
@@ -394,10 +431,10 @@ struct RBalloon<'b> {
     dev: &'b virtio::Device<Bound>,
     #[pin]
     balloon: Balloon<'b>,
-    /// Pages allocated for the next inflate request, outside the balloon lock as in C.
-    /// Preallocated for a full request; only the size work uses it.
+    /// Pages allocated for the next inflate step, outside the balloon lock as in C.
+    /// Preallocated for a full step; only the size work uses it.
     #[pin]
-    inflating: Mutex<KVec<BalloonPage>>,
+    inflating: Mutex<KVVec<BalloonPage>>,
     #[pin]
     stats: Mutex<Option<StatsQueue<'b>>>,
     #[pin]
@@ -454,13 +491,16 @@ fn init_vqs<'b>(dev: &'b virtio::Device<Core<'_>>) -> Result<AllQueues<'b>> {
 }
 
 impl<'b> RBalloon<'b> {
-    /// Inflates by up to `num` balloon pages, at most one request; returns how many (the C
-    /// `fill_balloon()`).
+    /// Inflates by up to `num` balloon pages, at most one step; returns how many (the C
+    /// `fill_balloon()`, batched).
     fn fill(&self, num: usize) -> usize {
-        let num = num.min(VIRTIO_BALLOON_ARRAY_PFNS_MAX);
         let mut pages = self.inflating.lock();
-        let mut planned = 0;
-        while planned < num {
+        // Whole guest pages, at most a step's worth (which the vector has room for).
+        let wanted = num
+            .min(STEP_PFNS_MAX)
+            .div_ceil(PAGES_PER_PAGE as usize)
+            .min(pages.capacity());
+        while pages.len() < wanted {
             let Some(page) = self.balloon.alloc_page() else {
                 if self.puff.lock().allow() {
                     dev_info!(
@@ -473,11 +513,10 @@ impl<'b> RBalloon<'b> {
                 fsleep(OUT_OF_PUFF_DELAY);
                 break;
             };
-            // Cannot fail: the loop stops at a full request, which the vector has room for.
+            // Cannot fail: the loop stops at a full step, which the vector has room for.
             if pages.push_within_capacity(page).is_err() {
                 break;
             }
-            planned += PAGES_PER_PAGE as usize;
         }
 
         let mut inner = self.balloon.lock.lock();
@@ -486,19 +525,27 @@ impl<'b> RBalloon<'b> {
             pages.clear();
             return 0;
         }
-        let Some(mut buf) = inner.pfns.take() else {
-            pages.clear();
-            return 0;
-        };
-        buf.clear();
-        while let Some(page) = pages.pop() {
-            let pfn = self.balloon.enqueue(page);
-            // Cannot fail: at most one request's worth of pages was allocated.
-            let _ = buf.push_page(pfn);
-            inner.num_pages += PAGES_PER_PAGE;
+        let Inner {
+            pfns, num_pages, ..
+        } = &mut *inner;
+        pfns.start(MAX_BUFFERS_IN_FLIGHT);
+        // One request buffer's worth per call into the balloon core, which holds its page list
+        // lock with interrupts off while it puts the pages in.
+        while !pages.is_empty() {
+            let mut chunk = 0;
+            let enqueued = self.balloon.enqueue_many(core::iter::from_fn(|| {
+                if chunk == MAX_GUEST_PAGES {
+                    return None;
+                }
+                let page = pages.pop()?;
+                // Cannot fail: at most one step's worth of pages was allocated.
+                let _ = pfns.push_page(page.pfn());
+                chunk += 1;
+                Some(page)
+            }));
+            *num_pages += enqueued as u32 * PAGES_PER_PAGE;
         }
-        let done = buf.len();
-        inner.pfns = Some(buf);
+        let done = pfns.len();
         if done != 0 {
             self.balloon.tell_host(&mut inner, Direction::Inflate);
         }
@@ -553,7 +600,7 @@ impl<'b> RBalloon<'b> {
         self.process_wakeup_event(WAKEUP_SIGNAL_ADJUST);
         let diff = self.balloon.towards_target();
         let current = self.balloon.lock.lock().num_pages;
-        let step = target::next_step(diff, current);
+        let step = target::next_step(diff, current, STEP_PFNS_MAX);
         let done = match step {
             Step::Idle => 0,
             Step::Inflate(n) => self.fill(n),
@@ -666,9 +713,10 @@ impl virtio::Driver for RBalloonDriver {
                 return Err(EINVAL);
             }
             let all = init_vqs(dev)?;
-            let pfns = KBox::new(PfnBuffer::new(Geometry::KERNEL), GFP_KERNEL)?;
-            let deflated = KVec::with_capacity(MAX_GUEST_PAGES, GFP_KERNEL)?;
-            let inflating = KVec::with_capacity(MAX_GUEST_PAGES, GFP_KERNEL)?;
+            let pfns = PfnBatch::new(MAX_BUFFERS_IN_FLIGHT, Geometry::KERNEL, GFP_KERNEL)?;
+            // 32 KiB each with 4 KiB pages: may come from vmalloc.
+            let deflated = KVVec::with_capacity(STEP_GUEST_PAGES, GFP_KERNEL)?;
+            let inflating = KVVec::with_capacity(STEP_GUEST_PAGES, GFP_KERNEL)?;
 
             if dev.has_feature(bindings::VIRTIO_BALLOON_F_PAGE_POISON) {
                 // Let the hypervisor know the value free pages hold: zero for init_on_free, else
@@ -697,7 +745,7 @@ impl virtio::Driver for RBalloonDriver {
                     dev: bound,
                     lock <- new_mutex!(Inner {
                         queues: Some(all.queues),
-                        pfns: Some(pfns),
+                        pfns,
                         deflated,
                         num_pages: 0,
                     }),

@@ -12,13 +12,12 @@
 //!   pages (`ALIGN(num_pages, VIRTIO_BALLOON_PAGES_PER_PAGE)` in C).
 //! - [`towards_target`]`(num_pages, current, pages_per_page) -> i64`: the C `towards_target()`;
 //!   positive means inflate, negative deflate.
-//! - [`Step`] / [`next_step`]`(diff, current)`: the next request (inflate or deflate how many
-//!   balloon pages), clamped to one PFN array and, for deflate, to what the balloon holds, as
-//!   `fill_balloon()` / `leak_balloon()` clamp.
+//! - [`Step`] / [`next_step`]`(diff, current, max)`: the next step (inflate or deflate how many
+//!   balloon pages), clamped to `max` (what one step's batch of PFN arrays holds) and, for
+//!   deflate, to what the balloon holds, as `fill_balloon()` / `leak_balloon()` clamp to one
+//!   array.
 //! - [`remaining`]`(diff, step, done)`: the difference left once a step processed `done` pages,
 //!   as `update_balloon_size_func()` computes it to decide whether to run again.
-
-use crate::pfn::VIRTIO_BALLOON_ARRAY_PFNS_MAX;
 
 /// The host's target `num_pages` rounded up to a whole number of guest pages.
 ///
@@ -59,13 +58,13 @@ pub(crate) enum Step {
 }
 
 /// The next step for a difference `diff` (from [`towards_target`]) when the balloon currently
-/// holds `current` balloon pages.
+/// holds `current` balloon pages, a step covering at most `max` balloon pages.
 ///
-/// One step never exceeds one PFN array ([`VIRTIO_BALLOON_ARRAY_PFNS_MAX`] balloon pages), and a
-/// deflate never asks for more than the balloon holds: the C driver's `fill_balloon()` and
-/// `leak_balloon()` clamp the same way.
-pub(crate) fn next_step(diff: i64, current: u32) -> Step {
-    let max = VIRTIO_BALLOON_ARRAY_PFNS_MAX as u64;
+/// One step never exceeds `max` (the driver's batch of PFN arrays, where the C driver's
+/// `fill_balloon()` and `leak_balloon()` clamp to one array), and a deflate never asks for more
+/// than the balloon holds.
+pub(crate) fn next_step(diff: i64, current: u32, max: usize) -> Step {
+    let max = max as u64;
     if diff > 0 {
         Step::Inflate(diff.unsigned_abs().min(max) as usize)
     } else if diff < 0 {
@@ -97,6 +96,13 @@ pub(crate) fn remaining(diff: i64, step: Step, done: usize) -> i64 {
 #[kernel::macros::kunit_tests(rballoon_target)]
 mod tests {
     use super::*;
+    use crate::batch::STEP_PFNS_MAX;
+    use crate::pfn::VIRTIO_BALLOON_ARRAY_PFNS_MAX;
+
+    /// Steps of one PFN array, as the C driver makes them.
+    fn next_step(diff: i64, current: u32) -> Step {
+        super::next_step(diff, current, VIRTIO_BALLOON_ARRAY_PFNS_MAX)
+    }
 
     #[test]
     fn align_rounds_up_to_guest_pages() {
@@ -139,6 +145,24 @@ mod tests {
         // Deflate never takes back more than the balloon holds.
         assert_eq!(next_step(-100, 30), Step::Deflate(30));
         assert_eq!(next_step(-100, 0), Step::Idle);
+    }
+
+    #[test]
+    fn batched_steps_cover_several_arrays() {
+        let batched = |diff, current| super::next_step(diff, current, STEP_PFNS_MAX);
+        assert_eq!(batched(1 << 20, 0), Step::Inflate(STEP_PFNS_MAX));
+        assert_eq!(batched(1000, 0), Step::Inflate(1000));
+        assert_eq!(batched(-(1 << 20), 1 << 20), Step::Deflate(STEP_PFNS_MAX));
+        assert_eq!(batched(-(1 << 20), 5000), Step::Deflate(STEP_PFNS_MAX));
+        assert_eq!(batched(-(1 << 20), 3000), Step::Deflate(3000));
+        assert_eq!(batched(-1, 0), Step::Idle);
+        // 1 GiB of 4 KiB pages: 64 batched steps where one array per step takes 1024.
+        let (mut current, mut rounds) = (0u32, 0);
+        while let Step::Inflate(n) = batched(towards_target(1 << 18, current, 1), current) {
+            current += n as u32;
+            rounds += 1;
+        }
+        assert_eq!((current, rounds), (1 << 18, 64));
     }
 
     #[test]

@@ -5,17 +5,17 @@
  *   rbmem touch MIB        write every page of MIB MiB of anonymous memory, then exit, which
  *                          frees it again (the host has had to back every page meanwhile)
  *   rbmem hold MIB         write MIB MiB, say "ready", then keep it until SIGTERM or SIGINT
- *   rbmem frag MIB KEEP    write MIB MiB, then give back all but one page in every KEEP
- *                          (MADV_DONTNEED), say "ready" and keep the rest until SIGTERM/SIGINT:
- *                          the memory given back is order-0 holes between pages still in use
+ *   rbmem frag MIB KEEP    write MIB MiB, then give back all but one page in every KEEP, say
+ *                          "ready" and keep the rest until SIGTERM/SIGINT: the memory given back
+ *                          is holes of KEEP - 1 pages between pages still in use
  *   rbmem hog MIB [STEP]   write MIB MiB, one STEP MiB chunk (default 16) after the other, saying
  *                          how far it got after each chunk, then exit; the memory is mapped as
  *                          it goes, so under memory pressure each chunk is what must be found
  *
  * Every command ends its work with one line
  *   "rbmem <command> mib=<written> kept_mib=<still held> ms=<elapsed>"
- * (CLOCK_MONOTONIC since start) on stdout; `hold` and `frag` print "ready" after it. Transparent
- * huge pages are kept out so that every page is a 4 KiB page of its own.
+ * (CLOCK_MONOTONIC since start) on stdout; `hold` and `frag` print "ready" after it. The guest's
+ * transparent huge pages are "madvise" only, so every page here is a 4 KiB page of its own.
  *
  * Exit status: 0 on success (and after SIGTERM/SIGINT for hold and frag), 1 on a usage error,
  * 2 if memory could not be mapped. A hog the OOM killer picks dies of SIGKILL.
@@ -49,8 +49,8 @@ static void on_signal(int sig)
 	stop = 1;
 }
 
-/* Map `bytes` of anonymous memory (no THP) and write one byte per page, so each page is backed. */
-static char *map_and_write(size_t bytes)
+/* Map `bytes` of anonymous memory, not backed yet. */
+static char *map(size_t bytes)
 {
 	char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -59,10 +59,49 @@ static char *map_and_write(size_t bytes)
 		fprintf(stderr, "rbmem: mmap of %zu MiB: %s\n", bytes / MIB, strerror(errno));
 		exit(2);
 	}
-	madvise(p, bytes, MADV_NOHUGEPAGE);
-	for (size_t off = 0; off < bytes; off += PAGE)
-		p[off] = (char)((off / PAGE) | 1);
 	return p;
+}
+
+/* Write one byte in page `i` of `p`, so that the page is backed. */
+static void write_page(char *p, size_t i)
+{
+	p[i * PAGE] = (char)(i | 1);
+}
+
+/* Map `bytes` and write every page. */
+static char *map_and_write(size_t bytes)
+{
+	char *p = map(bytes);
+
+	for (size_t i = 0; i < bytes / PAGE; i++)
+		write_page(p, i);
+	return p;
+}
+
+/*
+ * Write `bytes` worth of pages, one in every `keep` into a mapping that is kept and the others
+ * into a mapping that is then unmapped as a whole. Consecutive page faults get (mostly)
+ * consecutive physical pages, so the pages given back are runs of keep - 1 frames between kept
+ * ones. (The guest kernel has no madvise(): tinyconfig leaves out ADVISE_SYSCALLS, and unmapping
+ * page by page would need a mapping per kept page, beyond vm.max_map_count.)
+ */
+static size_t fragment(size_t bytes, size_t keep)
+{
+	size_t pages = bytes / PAGE, nkeep = (pages + keep - 1) / keep, ngive = pages - nkeep;
+	char *kept = map(nkeep * PAGE), *given = ngive ? map(ngive * PAGE) : NULL;
+	size_t k = 0, g = 0;
+
+	for (size_t i = 0; i < pages; i++) {
+		if (i % keep == 0)
+			write_page(kept, k++);
+		else
+			write_page(given, g++);
+	}
+	if (given && munmap(given, ngive * PAGE)) {
+		fprintf(stderr, "rbmem: munmap: %s\n", strerror(errno));
+		exit(2);
+	}
+	return nkeep * PAGE;
 }
 
 static void report(const char *cmd, unsigned long written, unsigned long kept)
@@ -135,24 +174,11 @@ int main(int argc, char **argv)
 	}
 	if (!strcmp(cmd, "frag") && argc == 4) {
 		unsigned long keep = number(argv[3]);
-		size_t bytes = mib * MIB, kept = 0;
-		char *p;
+		size_t kept;
 
 		if (keep < 2)
 			return usage();
-		p = map_and_write(bytes);
-		/* Give back runs of KEEP - 1 pages, one page apart: no two holes can merge. */
-		for (size_t off = 0; off < bytes; off += keep * PAGE) {
-			size_t len = (keep - 1) * PAGE;
-
-			if (off + PAGE + len > bytes)
-				len = bytes > off + PAGE ? bytes - off - PAGE : 0;
-			if (len && madvise(p + off + PAGE, len, MADV_DONTNEED)) {
-				fprintf(stderr, "rbmem: MADV_DONTNEED: %s\n", strerror(errno));
-				return 2;
-			}
-			kept += PAGE;
-		}
+		kept = fragment(mib * MIB, keep);
 		report(cmd, mib, kept / MIB);
 		return hold_until_signalled();
 	}

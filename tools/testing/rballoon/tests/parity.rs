@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Feature parity on the memory-management paths: compaction of inflated pages, free page
 //! reporting and deflate-on-OOM, for the C driver and the Rust driver on PCI and on MMIO, each case
-//! on a fresh 1024 MiB guest, the two drivers' figures printed side by side. Compaction also runs
+//! on a fresh 512 MiB guest, the two drivers' figures printed side by side. Compaction also runs
 //! the Rust driver with `migration=0`, the baseline that shows what balloon migration buys.
 //! Needs the Rust driver (feature `rust-driver`).
 #![cfg(feature = "rust-driver")]
@@ -11,7 +11,7 @@ use rballoon_harness::{Error, Result, Transport};
 use std::time::Duration;
 
 /// Every guest in this file.
-const MEM_MIB: u64 = 1024;
+const MEM_MIB: u64 = 512;
 
 /// How many more 2 MiB huge pages a driver that lets compaction migrate its pages must get than
 /// one that refuses: 64 MiB, far below the difference the scenario produces (hundreds of MiB) and

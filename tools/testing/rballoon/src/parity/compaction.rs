@@ -42,7 +42,7 @@ pub struct Figures {
     pub compact_secs: f64,
     /// The balloon after compaction.
     pub compacted: Step,
-    /// Huge pages asked for.
+    /// Huge pages asked for: what fits in free memory after compaction.
     pub hugepages_asked: u64,
     /// 2 MiB huge pages the guest allocated afterwards (`nr_hugepages` read back).
     pub hugepages: u64,
@@ -151,8 +151,9 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
     let compacted = observe(vm, "compaction", compact_secs)?;
     check_balloon(&inflated, &compacted).context(&what)?;
 
-    // Ask for as many as the whole guest could hold; the kernel stops at the first failure.
-    let hugepages_asked = mem_mib / 2;
+    // Ask for as many as fit in free memory but a little: the kernel stops at the first failure,
+    // and using up every page would make the next allocation deflate the balloon on OOM.
+    let hugepages_asked = meminfo_mib(vm, "MemFree")?.saturating_sub(32) / 2;
     let t0 = Instant::now();
     let (st, out) = vm.sh_timeout(
         &format!(
@@ -170,8 +171,9 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
         }
     };
     let m3 = balloon_migrate(vm)?;
+    // Only agreement here: should memory still run out, deflating on OOM is right.
     let after_hugepages = observe(vm, "huge pages", hugepage_secs)?;
-    check_balloon(&inflated, &after_hugepages).context(&what)?;
+    after_hugepages.check().context(&what)?;
     vm.sh("echo 0 > /proc/sys/vm/nr_hugepages")?;
 
     let f = Figures {

@@ -27,7 +27,11 @@
 //!   told what free pages hold,
 //! - free page reporting (`VIRTIO_BALLOON_F_REPORTING`) on the reporting queue, its capacity the
 //!   queue size,
-//! - balloon page migration telling the host about the new page, then the old one,
+//! - balloon page migration telling the host about the new page, then the old one; the module
+//!   parameter `migration=0` refuses every migration instead. 7.3 has no other way to turn it off
+//!   at run time: with `CONFIG_BALLOON_MIGRATION` the core makes every inflated page movable and
+//!   calls the device's `migratepage` unconditionally, so it cannot be left out; the parameter
+//!   lets a test compare compaction with and without balloon migration on one kernel,
 //! - on removal: no more updates, the whole balloon deflated, the device reset, the queues
 //!   deleted; on freeze the same without removal, and the queues created again on restore,
 //! - the device made wakeup capable, and its wakeup source kept active from a size change or a
@@ -378,6 +382,11 @@ impl BalloonMigrate for Host<'_> {
     ) -> Result {
         // Never wait for the balloon lock here: the inflation holding it may be what triggered
         // this compaction.
+        if !module_parameters::migration.value() {
+            // `migration=0`: the page stays where it is, as if the kernel had no balloon
+            // migration. Not `EAGAIN`, which would only make the migration core try again.
+            return Err(EBUSY);
+        }
         let Some(mut inner) = self.lock.try_lock() else {
             return Err(EAGAIN);
         };
@@ -858,4 +867,10 @@ kernel::module_virtio_driver! {
     authors: ["rballoon developers"],
     description: "Virtio balloon driver (Rust)",
     license: "GPL",
+    params: {
+        migration: bool {
+            default: true,
+            description: "Let compaction migrate inflated pages (0: refuse, they stay where they are)",
+        },
+    },
 }

@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Compaction with an inflated balloon: fragment guest memory so that the balloon's pages end up
+//! scattered through it, compact, and count the 2 MiB huge pages the guest can then allocate.
+//!
+//! The fragmenter (`rbmem frag`) writes nearly all free memory and gives back one page in two;
+//! the balloon then inflates by what was given back, so its pages fill those holes; the
+//! fragmenter exits and leaves every other page free. Without balloon migration the balloon's
+//! pages pin nearly every 2 MiB block; with it, compaction (`/proc/sys/vm/compact_memory`, and the
+//! huge page allocation itself) moves them together. Throughout, the balloon must stay the size
+//! QEMU thinks it is.
+
+use super::{meminfo_mib, vmstat_field, Case};
+use crate::error::{Context, Error, Result};
+use crate::guestmem::{self, Held};
+use crate::scenario::{balloon_step, observe, Step};
+use crate::vm::Vm;
+use std::time::{Duration, Instant};
+
+/// Free memory left outside the fragmented range, MiB: room for the guest to work in.
+const HEADROOM_MIB: u64 = 96;
+
+/// Bound on writing the fragmenter's memory, on one balloon move, on one compaction and on the
+/// huge page allocation.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What one compaction run measured.
+#[derive(Clone, Debug)]
+pub struct Figures {
+    /// The driver case.
+    pub case: Case,
+    /// MiB the fragmenter wrote.
+    pub frag_mib: u64,
+    /// MiB it gave back (and the balloon then took).
+    pub holes_mib: u64,
+    /// The balloon after inflating (and before compaction).
+    pub inflated: Step,
+    /// `balloon_migrate` events from inflating until just before `compact_memory`.
+    pub migrated_before: u64,
+    /// `balloon_migrate` events during the `compact_memory` write.
+    pub migrated_compact: u64,
+    /// How long the `compact_memory` write took, seconds.
+    pub compact_secs: f64,
+    /// The balloon after compaction.
+    pub compacted: Step,
+    /// Huge pages asked for: what fits in free memory after compaction.
+    pub hugepages_asked: u64,
+    /// 2 MiB huge pages the guest allocated afterwards (`nr_hugepages` read back).
+    pub hugepages: u64,
+    /// How long that allocation took, seconds.
+    pub hugepage_secs: f64,
+    /// `balloon_migrate` events during the huge page allocation.
+    pub migrated_hugepages: u64,
+    /// The balloon after the huge page allocation.
+    pub after_hugepages: Step,
+}
+
+impl Figures {
+    /// All balloon migrations of the run.
+    pub fn migrated(&self) -> u64 {
+        self.migrated_before + self.migrated_compact + self.migrated_hugepages
+    }
+
+    /// The row of [`table`].
+    pub fn row(&self) -> Vec<String> {
+        let mib = |s: &Step| format!("{:.0}", s.balloon_kb as f64 / 1024.0);
+        vec![
+            self.case.to_string(),
+            format!("{}/{}", self.holes_mib, self.frag_mib),
+            mib(&self.inflated),
+            mib(&self.after_hugepages),
+            self.migrated_compact.to_string(),
+            self.migrated().to_string(),
+            format!("{:.1}", self.compact_secs),
+            format!("{}/{}", self.hugepages, self.hugepages_asked),
+            format!("{:.1}", self.hugepage_secs),
+        ]
+    }
+}
+
+/// The figures of several runs, side by side.
+pub fn table(title: &str, runs: &[Figures]) -> String {
+    super::side_by_side(
+        title,
+        &[
+            "driver",
+            "holes/frag MiB",
+            "balloon MiB",
+            "balloon after",
+            "migrated (compact)",
+            "migrated (all)",
+            "compact s",
+            "2M hugepages",
+            "hugepage s",
+        ],
+        &runs.iter().map(Figures::row).collect::<Vec<_>>(),
+    )
+}
+
+fn balloon_migrate(vm: &mut Vm) -> Result<u64> {
+    vmstat_field(&vm.vmstat()?, "balloon_migrate")
+}
+
+/// Check that the balloon has the size it had after inflating and that QEMU agrees.
+fn check_balloon(inflated: &Step, now: &Step) -> Result<()> {
+    now.check()?;
+    if now.balloon_kb != inflated.balloon_kb || now.actual != inflated.actual {
+        return Err(Error::other(format!(
+            "balloon changed during {}: Balloon: {} -> {} kB, QEMU actual {} -> {} bytes",
+            now.name, inflated.balloon_kb, now.balloon_kb, inflated.actual, now.actual
+        )));
+    }
+    Ok(())
+}
+
+/// Run the scenario on `vm` (its driver loaded as `case`); see the module documentation.
+///
+/// Errors if the balloon and QEMU disagree at any point, if the balloon's size changes, or if
+/// `balloon_migrate` contradicts the case: it must rise during the compaction with migration, and
+/// must not move at all without. Comparing huge page counts between cases is the caller's.
+pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
+    let what = format!("compaction with the {case} driver");
+    let mem_mib = vm.config().mem_mib;
+    let free = meminfo_mib(vm, "MemFree")?;
+    let frag_mib = free
+        .checked_sub(HEADROOM_MIB)
+        .filter(|&m| m >= 64)
+        .ok_or_else(|| {
+            Error::other(format!(
+                "{what}: only {free} MiB free, too little to fragment"
+            ))
+        })?;
+    let frag = Held::frag(vm, frag_mib, 2, STEP_TIMEOUT).context(&what)?;
+    let holes_mib = frag_mib - frag.report().kept_mib;
+    let m0 = balloon_migrate(vm)?;
+    let inflated = balloon_step(vm, "inflate", mem_mib - holes_mib, STEP_TIMEOUT)?;
+    inflated.check().context(&what)?;
+    frag.release(vm).context(&what)?;
+    let m1 = balloon_migrate(vm)?;
+
+    let t0 = Instant::now();
+    vm.sh_timeout("echo 1 > /proc/sys/vm/compact_memory", STEP_TIMEOUT)
+        .and_then(|(st, out)| match st {
+            0 => Ok(()),
+            _ => Err(Error::other(format!(
+                "compact_memory write failed ({st}): {out}"
+            ))),
+        })
+        .context(&what)?;
+    let compact_secs = t0.elapsed().as_secs_f64();
+    let m2 = balloon_migrate(vm)?;
+    let compacted = observe(vm, "compaction", compact_secs)?;
+    check_balloon(&inflated, &compacted).context(&what)?;
+
+    // Ask for as many as fit in free memory but a little: the kernel stops at the first failure,
+    // and using up every page would make the next allocation deflate the balloon on OOM.
+    let hugepages_asked = meminfo_mib(vm, "MemFree")?.saturating_sub(32) / 2;
+    let t0 = Instant::now();
+    let (st, out) = vm.sh_timeout(
+        &format!(
+            "echo {hugepages_asked} > /proc/sys/vm/nr_hugepages; cat /proc/sys/vm/nr_hugepages"
+        ),
+        STEP_TIMEOUT,
+    )?;
+    let hugepage_secs = t0.elapsed().as_secs_f64();
+    let hugepages = match (st, guestmem::last_line(&out).parse::<u64>()) {
+        (0, Ok(n)) => n,
+        _ => {
+            return Err(Error::other(format!(
+                "{what}: allocating huge pages ({st}): {out:?}"
+            )))
+        }
+    };
+    let m3 = balloon_migrate(vm)?;
+    // Only agreement here: should memory still run out, deflating on OOM is right.
+    let after_hugepages = observe(vm, "huge pages", hugepage_secs)?;
+    after_hugepages.check().context(&what)?;
+    vm.sh("echo 0 > /proc/sys/vm/nr_hugepages")?;
+
+    let f = Figures {
+        case,
+        frag_mib,
+        holes_mib,
+        inflated,
+        migrated_before: m1 - m0,
+        migrated_compact: m2 - m1,
+        compact_secs,
+        compacted,
+        hugepages_asked,
+        hugepages,
+        hugepage_secs,
+        migrated_hugepages: m3 - m2,
+        after_hugepages,
+    };
+    if case.migration && f.migrated_compact == 0 {
+        return Err(Error::other(format!(
+            "{what}: balloon_migrate did not rise during compact_memory ({m1} before and after)"
+        )));
+    }
+    if !case.migration && f.migrated() != 0 {
+        return Err(Error::other(format!(
+            "{what}: {} balloon pages migrated although the driver refuses migration",
+            f.migrated()
+        )));
+    }
+    Ok(f)
+}

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Free page reporting seen from the host: the guest writes most of its memory and frees it, and
+//! QEMU's resident set must fall by most of that once the driver has reported the free pages
+//! (mm waits about 2 s after pages are freed, then reports a share of each free list per pass).
+
+use super::{meminfo_mib, Case};
+use crate::error::{Context, Error, Result};
+use crate::guestmem;
+use crate::hostmem::{qemu_rss_kb, watch_rss};
+use crate::vm::Vm;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Free memory left untouched, MiB.
+const HEADROOM_MIB: u64 = 160;
+
+/// Bound on writing the memory.
+const TOUCH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often QEMU's resident set is sampled.
+const SAMPLE: Duration = Duration::from_millis(250);
+
+/// What one reporting run measured.
+#[derive(Clone, Debug)]
+pub struct Figures {
+    /// The driver case.
+    pub case: Case,
+    /// MiB the guest wrote and freed.
+    pub freed_mib: u64,
+    /// QEMU's resident set before, kB.
+    pub rss_before_kb: u64,
+    /// Right after the guest freed the memory, kB.
+    pub rss_peak_kb: u64,
+    /// The smallest sample within the bound, kB.
+    pub rss_after_kb: u64,
+    /// How long until the resident set had fallen by the wanted share of `freed_mib`; `None` if
+    /// it did not within the bound.
+    pub secs: Option<f64>,
+    /// The share asked for, percent.
+    pub want_percent: u64,
+}
+
+impl Figures {
+    /// How far the resident set fell from its peak, MiB.
+    pub fn drop_mib(&self) -> u64 {
+        self.rss_peak_kb.saturating_sub(self.rss_after_kb) / 1024
+    }
+
+    /// How far it rose while the guest wrote, MiB.
+    pub fn rise_mib(&self) -> u64 {
+        self.rss_peak_kb.saturating_sub(self.rss_before_kb) / 1024
+    }
+
+    /// The row of [`table`].
+    pub fn row(&self) -> Vec<String> {
+        let mib = |kb: u64| (kb / 1024).to_string();
+        vec![
+            self.case.to_string(),
+            self.freed_mib.to_string(),
+            mib(self.rss_before_kb),
+            mib(self.rss_peak_kb),
+            mib(self.rss_after_kb),
+            format!(
+                "{} ({}%)",
+                self.drop_mib(),
+                self.drop_mib() * 100 / self.freed_mib
+            ),
+            self.secs
+                .map_or_else(|| "not reached".into(), |s| format!("{s:.1}")),
+        ]
+    }
+}
+
+/// The figures of several runs, side by side.
+pub fn table(title: &str, runs: &[Figures]) -> String {
+    let want = runs.first().map_or(0, |f| f.want_percent);
+    let secs = format!("s to {want}%");
+    super::side_by_side(
+        title,
+        &[
+            "driver",
+            "freed MiB",
+            "RSS before MiB",
+            "RSS peak MiB",
+            "RSS after MiB",
+            "drop MiB",
+            secs.as_str(),
+        ],
+        &runs.iter().map(Figures::row).collect::<Vec<_>>(),
+    )
+}
+
+/// Wait (up to 15 s) until QEMU's resident set holds still: two samples a second apart within
+/// 4 MiB, so that boot-time work does not count as the guest's.
+fn settled_rss(vm: &Vm) -> Result<u64> {
+    let t0 = Instant::now();
+    let mut last = qemu_rss_kb(vm)?;
+    loop {
+        sleep(Duration::from_secs(1));
+        let now = qemu_rss_kb(vm)?;
+        if now.abs_diff(last) <= 4096 || t0.elapsed() > Duration::from_secs(15) {
+            return Ok(now);
+        }
+        last = now;
+    }
+}
+
+/// Run the scenario on `vm` (its driver loaded as `case`): write all free memory but a headroom,
+/// free it, and watch QEMU's resident set for up to `timeout` until it has fallen by
+/// `want_percent` of what was freed.
+///
+/// Errors if writing the memory did not make QEMU's resident set grow by at least that share (the
+/// measurement would mean nothing); whether the fall came is in the figures, for the caller to
+/// judge next to the other driver's.
+pub fn run(vm: &mut Vm, case: Case, want_percent: u64, timeout: Duration) -> Result<Figures> {
+    let what = format!("free page reporting with the {case} driver");
+    let free = meminfo_mib(vm, "MemFree")?;
+    let freed_mib = free
+        .checked_sub(HEADROOM_MIB)
+        .filter(|&m| m >= 64)
+        .ok_or_else(|| {
+            Error::other(format!("{what}: only {free} MiB free, too little to write"))
+        })?;
+    let want_kb = (freed_mib << 10) * want_percent / 100;
+    let rss_before_kb = settled_rss(vm)?;
+    guestmem::touch(vm, freed_mib, TOUCH_TIMEOUT).context(&what)?;
+    let rss_peak_kb = qemu_rss_kb(vm)?;
+    if rss_peak_kb < rss_before_kb + want_kb {
+        return Err(Error::other(format!(
+            "{what}: QEMU's RSS only went from {} to {} MiB while the guest wrote {freed_mib} MiB",
+            rss_before_kb >> 10,
+            rss_peak_kb >> 10
+        )));
+    }
+    let w = watch_rss(vm, SAMPLE, timeout, |kb| kb + want_kb <= rss_peak_kb)?;
+    Ok(Figures {
+        case,
+        freed_mib,
+        rss_before_kb,
+        rss_peak_kb,
+        rss_after_kb: w.min_kb,
+        secs: w.took.map(|d| d.as_secs_f64()),
+        want_percent,
+    })
+}

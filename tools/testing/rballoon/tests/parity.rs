@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Feature parity on the memory-management paths: compaction of inflated pages, free page
+//! reporting and deflate-on-OOM, for the C driver and the Rust driver on PCI and on MMIO, each case
+//! on a fresh guest (1024 MiB for compaction, 512 MiB otherwise), the two drivers' figures printed side by side. Compaction also runs
+//! the Rust driver with `migration=0`, the baseline that shows what balloon migration buys.
+//! Needs the Rust driver (feature `rust-driver`).
+#![cfg(feature = "rust-driver")]
+
+use rballoon_harness::parity::{self, compaction, oom, reporting, Case};
+use rballoon_harness::{Error, Result, Transport};
+use std::time::Duration;
+
+/// Guests for free page reporting and deflate-on-OOM: small, so writing their memory is quick.
+const MEM_MIB: u64 = 512;
+
+/// Guests for compaction: with 512 MiB, the little memory left beside the balloon's pages makes
+/// the huge page allocation of the case without migration retry reclaim for minutes under TCG.
+const COMPACT_MEM_MIB: u64 = 1024;
+
+/// How many more 2 MiB huge pages a driver that lets compaction migrate its pages must get than
+/// one that refuses: 64 MiB, far below the difference the scenario produces (hundreds of MiB) and
+/// far above the noise between runs.
+const HUGEPAGE_MARGIN: u64 = 32;
+
+/// QEMU's resident set must fall by this share of what the guest freed ...
+const REPORT_PERCENT: u64 = 75;
+
+/// ... within this bound (mm reports a sixteenth of each free list, at least two batches, per
+/// pass, passes 2 s apart).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(45);
+
+fn name(t: Transport) -> &'static str {
+    match t {
+        Transport::Pci => "PCI",
+        Transport::Mmio => "MMIO",
+    }
+}
+
+/// Run `scenario` on a fresh VM per case; print the table of what was measured (also when a case
+/// fails); the figures, or the first error.
+fn per_case<F>(
+    scenario: &str,
+    t: Transport,
+    mem_mib: u64,
+    cases: &[Case],
+    run: impl Fn(&mut rballoon_harness::Vm, Case) -> Result<F>,
+    table: impl Fn(&str, &[F]) -> String,
+) -> Result<Vec<F>> {
+    let title = format!("{scenario}, {}, {mem_mib} MiB guest", name(t));
+    let mut runs = Vec::new();
+    for &case in cases {
+        let r = parity::boot(scenario, t, mem_mib, case).and_then(|mut vm| {
+            let f = run(&mut vm, case)?;
+            vm.shutdown()?;
+            Ok(f)
+        });
+        match r {
+            Ok(f) => runs.push(f),
+            Err(e) => {
+                eprintln!("{}", table(&title, &runs));
+                return Err(e.context(format!("{scenario} on {}, {case} driver", name(t))));
+            }
+        }
+    }
+    eprintln!("{}", table(&title, &runs));
+    Ok(runs)
+}
+
+fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::other(msg()))
+    }
+}
+
+fn compaction_frees_huge_pages(t: Transport) -> Result<()> {
+    let runs = per_case(
+        "compact",
+        t,
+        COMPACT_MEM_MIB,
+        &[Case::C, Case::RUST, Case::RUST_NO_MIGRATION],
+        compaction::run,
+        compaction::table,
+    )?;
+    // `run` already checked the balloon's size and QEMU's view after compaction and after the
+    // huge page allocation, and balloon_migrate (rising with migration, still without).
+    let pinned = runs
+        .iter()
+        .find(|f| !f.case.migration)
+        .map_or(0, |f| f.hugepages);
+    for f in runs.iter().filter(|f| f.case.migration) {
+        check(f.hugepages >= pinned + HUGEPAGE_MARGIN, || {
+            format!(
+                "{}: the {} driver got {} huge pages after compaction, the Rust driver refusing \
+                 migration {pinned}; migration should gain at least {HUGEPAGE_MARGIN}",
+                name(t),
+                f.case,
+                f.hugepages
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn free_page_reporting_shrinks_qemu(t: Transport) -> Result<()> {
+    let runs = per_case(
+        "report",
+        t,
+        MEM_MIB,
+        &[Case::C, Case::RUST],
+        |vm, case| reporting::run(vm, case, REPORT_PERCENT, REPORT_TIMEOUT),
+        reporting::table,
+    )?;
+    for f in &runs {
+        check(f.secs.is_some(), || {
+            format!(
+                "{}: with the {} driver QEMU's RSS fell by only {} MiB of the {} MiB the guest \
+                 freed within {REPORT_TIMEOUT:?} (wanted {REPORT_PERCENT}%)",
+                name(t),
+                f.case,
+                f.drop_mib(),
+                f.freed_mib
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn deflate_on_oom_saves_the_hog(t: Transport) -> Result<()> {
+    let runs = per_case(
+        "oom",
+        t,
+        MEM_MIB,
+        &[Case::C, Case::RUST],
+        oom::run,
+        oom::table,
+    )?;
+    for f in &runs {
+        let who = format!("{}, {} driver", name(t), f.case);
+        check(f.hog.completed(), || {
+            format!(
+                "{who}: the {} MiB hog did not complete (status {}, {} MiB written): {}",
+                f.hog_mib,
+                f.hog.status,
+                f.hog.reached_mib,
+                f.hog.output.trim()
+            )
+        })?;
+        check(!f.oom_killer, || {
+            format!("{who}: the OOM killer ran although the balloon could deflate")
+        })?;
+        // The hog took all that was free and more: the balloon must have given most of the rest.
+        let need = f.hog_mib.saturating_sub(f.free_mib);
+        check(f.shrunk_mib() >= need / 2, || {
+            format!(
+                "{who}: the balloon shrank by {} MiB, the hog needed {need} MiB more than was free",
+                f.shrunk_mib()
+            )
+        })?;
+        // Every page that left the balloon was a deflation (not a migration gone wrong).
+        check(
+            (f.deflated_pages / 256).abs_diff(f.shrunk_mib()) <= 1,
+            || {
+                format!(
+                    "{who}: balloon_deflate counted {} pages but the balloon shrank by {} MiB",
+                    f.deflated_pages,
+                    f.shrunk_mib()
+                )
+            },
+        )?;
+        check(f.after.actual > f.inflated.actual, || {
+            format!(
+                "{who}: QEMU's actual stayed at {} MiB although the balloon shrank",
+                f.after.actual >> 20
+            )
+        })?;
+    }
+    Ok(())
+}
+
+#[test]
+fn compaction_pci() -> Result<()> {
+    compaction_frees_huge_pages(Transport::Pci)
+}
+
+#[test]
+fn compaction_mmio() -> Result<()> {
+    compaction_frees_huge_pages(Transport::Mmio)
+}
+
+#[test]
+fn free_page_reporting_pci() -> Result<()> {
+    free_page_reporting_shrinks_qemu(Transport::Pci)
+}
+
+#[test]
+fn free_page_reporting_mmio() -> Result<()> {
+    free_page_reporting_shrinks_qemu(Transport::Mmio)
+}
+
+#[test]
+fn deflate_on_oom_pci() -> Result<()> {
+    deflate_on_oom_saves_the_hog(Transport::Pci)
+}
+
+#[test]
+fn deflate_on_oom_mmio() -> Result<()> {
+    deflate_on_oom_saves_the_hog(Transport::Mmio)
+}

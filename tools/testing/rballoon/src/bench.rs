@@ -165,9 +165,10 @@ fn run_balloon_vm(opts: &BenchOpts, sink: &mut Sink, res_env: &mut EnvProbe) -> 
 }
 
 /// The reporting VM: free page reporting on.
-fn run_reporting_vm(opts: &BenchOpts, sink: &mut Sink) -> Result<()> {
+fn run_reporting_vm(opts: &BenchOpts, sink: &mut Sink, res_env: &mut EnvProbe) -> Result<()> {
     let driver = sink.driver;
     let mut vm = Vm::boot(vm_config(opts, driver, true))?;
+    res_env.probe(&mut vm)?;
     vm.load_driver(driver)?;
     work::reporting(&mut vm, sink).context("workload 4 (free page reporting)")?;
     vm.shutdown()
@@ -275,7 +276,7 @@ pub fn run(opts: &BenchOpts) -> Result<Results> {
                 }
             }
             if opts.workloads.contains(&Workload::Reporting) {
-                if let Err(e) = run_reporting_vm(opts, &mut sink) {
+                if let Err(e) = run_reporting_vm(opts, &mut sink, &mut probe) {
                     eprintln!("  FAILED: {e}");
                     res.failures.push((
                         format!("round {round}, {driver} driver, reporting VM"),

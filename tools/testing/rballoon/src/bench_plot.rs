@@ -130,6 +130,7 @@ fn traces_of<'a>(traces: &'a [Trace], kind: &str) -> impl Iterator<Item = &'a Tr
 fn line_panel(
     area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
     title: &str,
+    x_desc: &str,
     y_desc: &str,
     traces: &[&Trace],
     y_max: f64,
@@ -149,7 +150,7 @@ fn line_panel(
         .map_err(|e| err(title, e))?;
     chart
         .configure_mesh()
-        .x_desc("seconds since the QMP command")
+        .x_desc(x_desc)
         .y_desc(y_desc)
         .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style((FONT, 15))
@@ -206,7 +207,14 @@ pub fn balloon_size(path: &Path, traces: &[Trace], mem_mib: u64) -> Result<()> {
         ("written", "balloon size: memory the guest wrote first"),
     ]) {
         let ts: Vec<&Trace> = traces_of(traces, kind).collect();
-        line_panel(area, title, "balloon MiB", &ts, y_max)?;
+        line_panel(
+            area,
+            title,
+            "seconds since the QMP command",
+            "balloon MiB",
+            &ts,
+            y_max,
+        )?;
     }
     root.present().map_err(|e| err(&what, e))
 }
@@ -224,6 +232,7 @@ pub fn reporting_rss(path: &Path, traces: &[Trace]) -> Result<()> {
     line_panel(
         &root,
         "free page reporting: QEMU RSS after the guest frees memory",
+        "seconds since the guest freed it",
         "QEMU VmRSS MiB",
         &ts,
         y_max,

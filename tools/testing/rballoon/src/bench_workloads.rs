@@ -257,7 +257,7 @@ pub fn hugepages(vm: &mut Vm, sink: &mut Sink, metric: report::Metric) -> Result
     let mem = vm.config().mem_bytes();
     let free = vm.meminfo_kb("MemFree")? / 1024;
     let frag = free * 3 / 4;
-    eprintln!("  fragmenting {frag} MiB (every other page freed)");
+    eprintln!("  fragmenting {frag} MiB (every other 64 KiB unmapped)");
     start_background(vm, "frag", &format!("frag {frag}"))?;
     let balloon = mem / 4;
     let mut points = Vec::new();

@@ -304,7 +304,10 @@ pub fn markdown_table(rows: &[Row]) -> String {
     );
     for r in rows {
         let ratio = r.ratio().map_or("n/a".into(), |q| format!("{q:.2}"));
+        let same = r.ratio().is_some_and(|q| (q - 1.0).abs() < 0.02);
         let better = match (r.metric.better, r.ours_better()) {
+            (Better::Higher, Some(_)) if same => "higher: same",
+            (Better::Lower, Some(_)) if same => "lower: same",
             (Better::Higher, Some(true)) => "higher: ours",
             (Better::Higher, Some(false)) => "higher: C",
             (Better::Lower, Some(true)) => "lower: ours",

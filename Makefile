@@ -2,6 +2,8 @@
 #
 #   make demo    boot a guest, inflate the balloon to half of its memory and back, print a table
 #   make test    build everything, run KUnit and the harness tests (what CI runs)
+#   make bench   the C balloon driver against ours, side by side (ROUNDS=5, BENCH_MEM=4096,
+#                WORKLOADS=1,3,4,5; BENCH=short or make bench-short: 1 round, 2 GiB) -> out/bench/
 #
 # Everything heavy lives in $(RBALLOON_CACHE) (default /var/cache/rballoon), outside the checkout.
 
@@ -19,12 +21,12 @@ HARNESS_DIR := tools/testing/rballoon
 export CARGO_TARGET_DIR := $(RBALLOON_CACHE)/harness-target
 HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
 
-.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test harness-test patches distclean help
+.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test harness-test bench bench-short patches distclean help
 
 all: guest harness
 
 help:
-	@sed -n '3,6p' Makefile
+	@sed -n '3,8p' Makefile
 
 root:
 	@$(S)/mkroot.sh
@@ -60,6 +62,13 @@ harness-test: guest harness
 
 test:
 	@$(S)/test.sh
+
+BENCH ?= full
+bench: guest harness
+	@ROUNDS="$(ROUNDS)" BENCH_MEM="$(BENCH_MEM)" WORKLOADS="$(WORKLOADS)" $(S)/bench.sh $(BENCH)
+
+bench-short: guest harness
+	@$(S)/bench.sh short
 
 patches: tree
 	@$(S)/export-patches.sh

@@ -2,7 +2,8 @@
 # make test: build everything from nothing if needed, then run every suite and say how it went.
 #
 # Stages: toolchain root, patched tree, guest kernel + initramfs, host harness, KUnit (kunit.py),
-# harness tests against QEMU. Each prints its time; the last line counts tests over all suites.
+# harness tests against QEMU, the benchmark's short form. Each prints its time; the last line
+# counts tests over all suites.
 . "$(dirname "$0")/common.sh"
 cd "$RB_REPO"
 
@@ -33,6 +34,15 @@ if make --no-print-directory harness-test 2>&1 | tee "$hlog"; then :; else faile
 while read -r p f; do
 	passed=$((passed + p)) failed=$((failed + f))
 done < <(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1 \2/p' "$hlog")
+
+# The benchmark's short form (1 round, 2 GiB, both drivers): it counts as one test that fails if a
+# run fails or a table or plot is missing, never because of a figure.
+if make --no-print-directory bench-short; then
+	passed=$((passed + 1))
+else
+	rb_log "bench-short FAILED"
+	failed=$((failed + 1))
+fi
 
 rb_log "make test took $(( $(date +%s) - t0 )) s"
 echo "rballoon: $passed passed, $failed failed"

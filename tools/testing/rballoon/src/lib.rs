@@ -15,6 +15,10 @@
 //! # Ok::<(), rballoon_harness::Error>(())
 //! ```
 
+pub mod bench;
+pub mod bench_plot;
+pub mod bench_report;
+pub mod bench_workloads;
 pub mod config;
 pub mod conn;
 pub mod console;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //! `rballoon`: run the rballoon guest interactively, or demonstrate the balloon.
 
-use rballoon_harness::config::Serial;
+use rballoon_harness::bench::{self, BenchOpts, Workload};
+use rballoon_harness::config::{Paths, Serial};
 use rballoon_harness::console::Console;
 use rballoon_harness::scenario::{self, Step};
 use rballoon_harness::{Driver, Error, QemuProcess, Result, Transport, Vm, VmConfig};
@@ -11,10 +12,14 @@ use std::time::{Duration, Instant};
 const USAGE: &str = "\
 usage: rballoon run  [--mmio] [--mem MiB] [--driver c|rust|none]
        rballoon demo [--mmio] [--mem MiB] [--driver c|rust]
+       rballoon bench [--short] [--rounds N] [--mem MiB] [--workloads 1,3,4,5] [--out DIR]
 
 run   boot the guest with its console on this terminal (Ctrl-a c: QEMU monitor, Ctrl-a x: quit)
 demo  inflate the balloon to half the guest, deflate it again, print a table; exit 0 if the
       balloon reached every target and the guest's Balloon: agreed with QEMU
+bench the C driver against ours, alternating, N rounds (default 5, 4096 MiB, every workload;
+      --short: 1 round, 2048 MiB, workloads 1-2 and 5); writes bench.md, CSVs and PNG plots to
+      --out (default out/bench in the repository); exit 1 if a run failed
 
 environment: RBALLOON_CACHE (/var/cache/rballoon), RBALLOON_FLAVOUR (guest), ACCEL (tcg|kvm),
              RBALLOON_BOOT_TIMEOUT (seconds), RBALLOON_KEEP (keep run directories)";
@@ -65,6 +70,7 @@ fn main() -> ExitCode {
     let r = match cmd {
         "run" => parse(rest, None).map_err(usage).and_then(run),
         "demo" => parse(rest, Some(Driver::C)).map_err(usage).and_then(demo),
+        "bench" => parse_bench(rest).map_err(usage).and_then(bench),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -190,4 +196,57 @@ fn demo(o: Opts) -> Result<bool> {
     }
     println!("{}", if ok { "demo: OK" } else { "demo: FAILED" });
     Ok(ok)
+}
+
+fn parse_bench(args: &[String]) -> std::result::Result<BenchOpts, String> {
+    let out = Paths::from_env().repo.join("out/bench");
+    let mut o = if args.iter().any(|a| a == "--short") {
+        BenchOpts::short(out)
+    } else {
+        BenchOpts::full(out)
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--short" => {}
+            "--rounds" => {
+                let v = val()?;
+                o.rounds = v.parse().map_err(|_| format!("bad --rounds {v:?}"))?;
+                if o.rounds == 0 {
+                    return Err("--rounds must be at least 1".into());
+                }
+            }
+            "--mem" => {
+                let v = val()?;
+                o.mem_mib = v.parse().map_err(|_| format!("bad --mem {v:?}"))?;
+                if o.mem_mib < 1024 {
+                    return Err("--mem must be at least 1024 MiB".into());
+                }
+            }
+            "--workloads" => {
+                let v = val()?;
+                let mut w = Vec::new();
+                for s in v.split(',') {
+                    let x = Workload::parse(s).ok_or(format!("bad workload {s:?} (1-5)"))?;
+                    if !w.contains(&x) {
+                        w.push(x);
+                    }
+                }
+                o.workloads = w;
+            }
+            "--out" => o.out = val()?.into(),
+            _ => return Err(format!("unknown argument {a:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// Run the benchmark; false if a run failed (the files are written all the same).
+fn bench(o: BenchOpts) -> Result<bool> {
+    let res = bench::run(&o)?;
+    for (what, why) in &res.failures {
+        eprintln!("rballoon bench: FAILED {what}: {why}");
+    }
+    Ok(res.failures.is_empty())
 }

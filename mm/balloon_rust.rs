@@ -283,8 +283,8 @@ pub unsafe extern "C" fn balloon_page_list_dequeue(
 pub unsafe extern "C" fn balloon_page_dequeue(
     b_dev_info: *mut bindings::balloon_dev_info,
 ) -> *mut bindings::page {
-    let mut head = core::pin::pin!(kernel::types::Opaque::<bindings::list_head>::uninit());
-    let head = head.as_mut().get();
+    let head = core::pin::pin!(kernel::types::Opaque::<bindings::list_head>::uninit());
+    let head = head.get();
     // SAFETY: `head` is valid for writes and pinned until the end of the function.
     unsafe { bindings::INIT_LIST_HEAD(head) };
     // SAFETY: `b_dev_info` per the safety requirements, `head` a valid empty list.

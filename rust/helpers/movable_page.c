@@ -117,3 +117,29 @@ __rust_helper void rust_helper_movable_mod_node_page_state(struct page *page,
 {
 	mod_node_page_state(page_pgdat(page), item, delta);
 }
+
+__rust_helper unsigned long rust_helper_movable_totalram_pages(void)
+{
+	return totalram_pages();
+}
+
+/*
+ * A node counter summed over all nodes with the per-CPU deltas not folded in yet: exact while
+ * nothing changes it, where global_node_page_state() may lag by the per-CPU thresholds.
+ */
+__rust_helper long rust_helper_movable_node_stat_exact(enum node_stat_item item)
+{
+	struct pglist_data *pgdat;
+	long x = 0;
+
+	for_each_online_pgdat(pgdat) {
+#ifdef CONFIG_SMP
+		int cpu;
+
+		for_each_online_cpu(cpu)
+			x += per_cpu_ptr(pgdat->per_cpu_nodestats, cpu)->vm_node_stat_diff[item];
+#endif
+		x += atomic_long_read(&pgdat->vm_stat[item]);
+	}
+	return x;
+}

@@ -53,11 +53,7 @@
 //!   instead (for the balloon, `page->private`).
 //! - **`migrate` may not sleep in [`MigrateMode::Async`].**
 
-use crate::{
-    bindings,
-    error::{code::*, to_result, Result},
-    ffi::{c_int, c_uint},
-};
+use crate::{bindings, error::to_result, prelude::*};
 use core::{marker::PhantomData, ptr::NonNull};
 
 /// How hard a migration may try (`enum migrate_mode`).

@@ -23,6 +23,9 @@ use kernel::{
     workqueue::{self, impl_has_work, new_work, Work, WorkItem},
 };
 
+/// The prefix of this crate's `pr_*!` messages (a `module!` would define it).
+const __LOG_PREFIX: &[u8] = b"balloon_core_kunit\0";
+
 /// A balloon device whose migration callback answers what the test asks.
 ///
 /// # Invariants
@@ -231,7 +234,10 @@ fn isolate(page: *mut bindings::page) -> bool {
 /// `new_folio_t` for `migrate_pages()`: a fresh page, as compaction's free scanner gives; with
 /// a `private` it also records the page frame number in that [`Shared`].
 #[cfg(CONFIG_BALLOON_MIGRATION)]
-unsafe extern "C" fn new_folio(_src: *mut bindings::folio, private: c_ulong) -> *mut bindings::folio {
+unsafe extern "C" fn new_folio(
+    _src: *mut bindings::folio,
+    private: c_ulong,
+) -> *mut bindings::folio {
     // SAFETY: No preconditions.
     let page = unsafe { bindings::balloon_page_alloc() };
     if !page.is_null() && private != 0 {
@@ -468,7 +474,10 @@ mod tests {
         b.enqueue()?;
         with_list(|head| -> Result {
             // SAFETY: An initialised balloon and an empty list.
-            assert_eq!(unsafe { bindings::balloon_page_list_dequeue(b.raw(), head, 1) }, 1);
+            assert_eq!(
+                unsafe { bindings::balloon_page_list_dequeue(b.raw(), head, 1) },
+                1
+            );
             let page = pop(head).ok_or(EINVAL)?;
             // Still typed and movable (sticky until freed), but without an owner.
             // SAFETY: We hold the balloon's reference.
@@ -701,10 +710,18 @@ fn compact_one(s: &Shared, rng: u32) {
     match rng % 4 {
         0 => putback(page),
         1 => {
-            migrate(page, bindings::migrate_mode_MIGRATE_ASYNC, s as *const Shared as c_ulong);
+            migrate(
+                page,
+                bindings::migrate_mode_MIGRATE_ASYNC,
+                s as *const Shared as c_ulong,
+            );
         }
         _ => {
-            migrate(page, bindings::migrate_mode_MIGRATE_SYNC, s as *const Shared as c_ulong);
+            migrate(
+                page,
+                bindings::migrate_mode_MIGRATE_SYNC,
+                s as *const Shared as c_ulong,
+            );
         }
     }
 }

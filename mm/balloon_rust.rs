@@ -70,13 +70,21 @@ const _: () = {
         [bindings::balloon_page_enqueue, balloon_page_enqueue];
     let _: [unsafe extern "C" fn(*mut bindings::balloon_dev_info) -> *mut bindings::page; 2] =
         [bindings::balloon_page_dequeue, balloon_page_dequeue];
-    let _: [unsafe extern "C" fn(*mut bindings::balloon_dev_info, *mut bindings::list_head) -> usize;
-        2] = [bindings::balloon_page_list_enqueue, balloon_page_list_enqueue];
+    let _: [unsafe extern "C" fn(
+        *mut bindings::balloon_dev_info,
+        *mut bindings::list_head,
+    ) -> usize; 2] = [
+        bindings::balloon_page_list_enqueue,
+        balloon_page_list_enqueue,
+    ];
     let _: [unsafe extern "C" fn(
         *mut bindings::balloon_dev_info,
         *mut bindings::list_head,
         usize,
-    ) -> usize; 2] = [bindings::balloon_page_list_dequeue, balloon_page_list_dequeue];
+    ) -> usize; 2] = [
+        bindings::balloon_page_list_dequeue,
+        balloon_page_list_dequeue,
+    ];
 };
 
 /// Adds `delta` pages of `page`'s node to `NR_BALLOON_PAGES`.
@@ -117,7 +125,11 @@ unsafe fn owner(_lock: &Locked, page: *mut bindings::page) -> *mut bindings::bal
 ///
 /// `b` must be an initialised `balloon_dev_info`; `page` a page the balloon now holds a
 /// reference to, not in any balloon, whose `lru` is unused.
-unsafe fn insert(_lock: &mut Locked, b: *mut bindings::balloon_dev_info, page: *mut bindings::page) {
+unsafe fn insert(
+    _lock: &mut Locked,
+    b: *mut bindings::balloon_dev_info,
+    page: *mut bindings::page,
+) {
     // SAFETY: Per the safety requirements; `pages` and `page->private` are changed under the
     // lock, which `_lock` proves held.
     unsafe {
@@ -151,7 +163,11 @@ unsafe fn finalize(_lock: &mut Locked, page: *mut bindings::page) {
 /// # Safety
 ///
 /// As for [`insert`].
-unsafe fn enqueue_one(lock: &mut Locked, b: *mut bindings::balloon_dev_info, page: *mut bindings::page) {
+unsafe fn enqueue_one(
+    lock: &mut Locked,
+    b: *mut bindings::balloon_dev_info,
+    page: *mut bindings::page,
+) {
     // SAFETY: Per the safety requirements.
     unsafe { insert(lock, b, page) };
     // SAFETY: `b` is initialised; the driver sets the flag before it enqueues.

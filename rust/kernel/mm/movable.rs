@@ -357,7 +357,11 @@ mod tests {
 
     #[test]
     fn migrate_mode_roundtrip() {
-        for mode in [MigrateMode::Async, MigrateMode::SyncLight, MigrateMode::Sync] {
+        for mode in [
+            MigrateMode::Async,
+            MigrateMode::SyncLight,
+            MigrateMode::Sync,
+        ] {
             assert_eq!(MigrateMode::from_raw(mode.as_raw()), Ok(mode));
         }
         assert!(!MigrateMode::Async.may_block());

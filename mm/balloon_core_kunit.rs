@@ -474,10 +474,8 @@ mod tests {
         b.enqueue()?;
         with_list(|head| -> Result {
             // SAFETY: An initialised balloon and an empty list.
-            assert_eq!(
-                unsafe { bindings::balloon_page_list_dequeue(b.raw(), head, 1) },
-                1
-            );
+            let got = unsafe { bindings::balloon_page_list_dequeue(b.raw(), head, 1) };
+            assert_eq!(got, 1);
             let page = pop(head).ok_or(EINVAL)?;
             // Still typed and movable (sticky until freed), but without an owner.
             // SAFETY: We hold the balloon's reference.
@@ -504,7 +502,8 @@ mod tests {
         assert_eq!(&b.dequeue(3)?[..], &[pfn(pages[2])]);
         // The list is empty but pages are isolated: no page, and no "lost pages" BUG.
         // SAFETY: An initialised balloon.
-        assert!(unsafe { bindings::balloon_page_dequeue(b.raw()) }.is_null());
+        let page = unsafe { bindings::balloon_page_dequeue(b.raw()) };
+        assert!(page.is_null());
         assert_eq!(before.delta()?, (3, 1, 0, 2, -2));
 
         putback(pages[0]);

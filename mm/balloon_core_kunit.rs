@@ -523,10 +523,11 @@ mod tests {
         let before = Counters::now()?;
         let shared = Arc::new(Shared::new(b.raw() as usize)?, GFP_KERNEL)?;
         for kind in [Kind::Inflate, Kind::Deflate, Kind::Compact] {
+            let mine = shared.clone();
             let worker = Arc::pin_init(
                 pin_init!(Worker {
                     kind,
-                    shared: shared.clone(),
+                    shared: mine,
                     work <- new_work!("balloon_core_kunit::Worker::work"),
                 }),
                 GFP_KERNEL,

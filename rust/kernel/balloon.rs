@@ -241,49 +241,8 @@ impl MigratingPage<'_> {
     }
 }
 
-/// How hard a migration may try (`enum migrate_mode`).
-///
-/// Balloon migration needs no copy, so a driver mostly needs to know whether it may block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum MigrateMode {
-    /// `MIGRATE_ASYNC`: never block.
-    Async = bindings::migrate_mode_MIGRATE_ASYNC,
-    /// `MIGRATE_SYNC_LIGHT`: may block on most operations, but not on long writeback.
-    SyncLight = bindings::migrate_mode_MIGRATE_SYNC_LIGHT,
-    /// `MIGRATE_SYNC`: may block.
-    Sync = bindings::migrate_mode_MIGRATE_SYNC,
-}
-
-impl MigrateMode {
-    /// Converts a C `enum migrate_mode`; `EINVAL` for a value that is not one of its variants.
-    pub fn from_raw(mode: bindings::migrate_mode) -> Result<Self> {
-        match mode {
-            bindings::migrate_mode_MIGRATE_ASYNC => Ok(Self::Async),
-            bindings::migrate_mode_MIGRATE_SYNC_LIGHT => Ok(Self::SyncLight),
-            bindings::migrate_mode_MIGRATE_SYNC => Ok(Self::Sync),
-            // Not an enumerator: C passed garbage, there is nothing to map it to.
-            _ => Err(EINVAL),
-        }
-    }
-
-    /// The C `enum migrate_mode` value.
-    pub fn as_raw(self) -> bindings::migrate_mode {
-        match self {
-            Self::Async => bindings::migrate_mode_MIGRATE_ASYNC,
-            Self::SyncLight => bindings::migrate_mode_MIGRATE_SYNC_LIGHT,
-            Self::Sync => bindings::migrate_mode_MIGRATE_SYNC,
-        }
-    }
-
-    /// Whether the migration may sleep, e.g. on a mutex.
-    pub fn may_block(self) -> bool {
-        match self {
-            Self::Async => false,
-            Self::SyncLight | Self::Sync => true,
-        }
-    }
-}
+/// How hard a migration may try; shared with every owner of movable pages.
+pub use crate::mm::movable::MigrateMode;
 
 /// The migration callback of a balloon: compaction moves an inflated page.
 ///

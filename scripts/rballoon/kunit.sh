@@ -4,10 +4,14 @@
 # instead of hanging on nested KVM; ACCEL=kvm shows it again.
 . "$(dirname "$0")/common.sh"
 
-kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig
-out=$RB_OUT/kunit
+# CORE=c runs the same suites against the C balloon core (mm/balloon.c) instead of the Rust one, in
+# a build directory of its own so that switching does not rebuild either kernel.
+case ${CORE:-rust} in
+rust) kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig out=$RB_OUT/kunit log=$RB_CACHE/logs/kunit.log ;;
+c) kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig.c-core out=$RB_OUT/kunit-c-core log=$RB_CACHE/logs/kunit-c-core.log ;;
+*) rb_die "CORE=$CORE: rust or c" ;;
+esac
 mkdir -p "$out" "$RB_CACHE/logs"
-log=$RB_CACHE/logs/kunit.log
 
 # Same lock as the guest build: one kernel build at a time.
 exec 9> "$RB_CACHE/build.lock"

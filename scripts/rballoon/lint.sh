@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make lint: the kernel's own Rust checks over the patched tree.
 #  - rustfmtcheck: every Rust file formatted as rustfmt wants;
-#  - CLIPPY=1: the kernel crate and the Rust driver built with clippy-driver, warnings are errors;
+#  - CLIPPY=1: the kernel crate, the Rust balloon core and the Rust driver built with clippy-driver, warnings are errors;
 #  - rustdoc: the kernel crate's documentation builds without warnings.
 # Clippy and rustdoc build in their own output directory ($RB_OUT/lint), configured like the guest,
 # so the guest build is not rebuilt each time.
@@ -41,7 +41,7 @@ if [ "$(cat "$out/.lint-clean" 2>/dev/null)" = "$stamp" ]; then
 fi
 "${K[@]}" olddefconfig > /dev/null
 check rustfmt "rustfmt check" rustfmtcheck
-check clippy "clippy (kernel crate and Rust driver)" CLIPPY=1 KRUSTFLAGS=-Dwarnings prepare drivers/virtio/
+check clippy "clippy (kernel crate, Rust balloon core and driver)" CLIPPY=1 KRUSTFLAGS=-Dwarnings prepare mm/balloon_rust.o drivers/virtio/
 check rustdoc "rustdoc" rustdoc
 [ "$fail" = 0 ] && echo "$stamp" > "$out/.lint-clean"
 exit $fail

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 
+#include <linux/gfp.h>
 #include <linux/pm_wakeup.h>
+#include <linux/scatterlist.h>
 #include <linux/virtio.h>
 #include <linux/virtio_config.h>
+#include <linux/workqueue.h>
 
 __rust_helper bool rust_helper_virtio_has_feature(const struct virtio_device *vdev,
 						  unsigned int fbit)
@@ -61,4 +64,32 @@ __rust_helper void rust_helper_pm_relax(struct device *dev)
 __rust_helper void rust_helper_device_set_wakeup_capable(struct device *dev, bool capable)
 {
 	device_set_wakeup_capable(dev, capable);
+}
+
+/*
+ * A free block of 2^order pages if the page allocator has one at hand: no
+ * reclaim, no emergency reserves, no warning. The flags of the C balloon's
+ * free page hint blocks (VIRTIO_BALLOON_FREE_PAGE_ALLOC_FLAG).
+ */
+__rust_helper struct page *rust_helper_virtio_alloc_free_page_block(unsigned int order)
+{
+	return alloc_pages(__GFP_NORETRY | __GFP_NOWARN | __GFP_NOMEMALLOC, order);
+}
+
+/* One scatterlist entry covering a whole block of 2^order pages. */
+__rust_helper void rust_helper_virtio_sg_init_page_block(struct scatterlist *sg,
+							 struct page *page,
+							 unsigned int order)
+{
+	sg_init_table(sg, 1);
+	sg_set_page(sg, page, PAGE_SIZE << order, 0);
+}
+
+/*
+ * A device's own workqueue for long CPU-bound work, frozen during suspend: the
+ * flags of the C balloon's "balloon-wq".
+ */
+__rust_helper struct workqueue_struct *rust_helper_virtio_alloc_own_workqueue(const char *name)
+{
+	return alloc_workqueue("%s", WQ_FREEZABLE | WQ_CPU_INTENSIVE | WQ_PERCPU, 0, name);
 }

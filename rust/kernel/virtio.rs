@@ -28,16 +28,20 @@
 //!   `shutdown`, `freeze`, `restore`.
 //! - [`Device`]: `device_id`, `vendor_id`; bound: `has_feature`, `is_little_endian`,
 //!   `has_config_access`, `config_read_le::<u8|u16|u32|u64>(offset)`, `config_write_le`,
-//!   `queue_work(id)` (freezable system workqueue; refused before `ready` and while going away);
-//!   core: `find_vqs(&[VirtqueueInfo])`, `reset`.
+//!   `queue_work(id)` (freezable system workqueue; refused before `ready` and while going away),
+//!   `queue_own_work(id)` (the device's own workqueue, for long CPU-bound work);
+//!   core: `find_vqs(&[VirtqueueInfo])`, `reset`, `alloc_own_workqueue(name)`.
 //! - [`VirtqueueInfo`]: `new(name)`, `without_callback(name)`, `absent()`, `new_if(bool, name)`.
 //!   [`Virtqueues`]: `take::<T>(position)`, `has(position)`.
 //! - [`Virtqueue<T>`](Virtqueue), buffers are `KBox<T>`: `add_outbuf` (`T:` [`OutBuffer`]),
 //!   `add_inbuf` (`T:` [`InBuffer`]), `lend_inbuf_sg` (a borrowed [`LentScatterList`], e.g. free
 //!   pages to report), unsafe `add_inbuf_sg`, `get_buf -> (KBox<T>, len)`, `kick`,
 //!   `kick_prepare`, `notify`, `size`, `num_free`, `index`, `disable_cb`, `enable_cb`,
-//!   `is_broken`. Dropping the last queue of a set resets the device, frees the buffers still
-//!   queued and deletes the queues.
+//!   `is_broken`; `add_inbuf_pages` lends a [`PageBlock`] (`T:` [`PageBuffer`]). Dropping the
+//!   last queue of a set resets the device, frees the buffers still queued and deletes the
+//!   queues.
+//! - [`PageBlock`]: `alloc_if_free(order)` (a free block if one is at hand, never reclaiming),
+//!   `order`, `pages`, `bytes`; freed on drop.
 //!
 //! C header: [`include/linux/virtio.h`](srctree/include/linux/virtio.h) and
 //! [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h)
@@ -50,7 +54,7 @@ use crate::{
     ffi::c_void,
     prelude::*,
     sync::{
-        atomic::{Acquire, Atomic, Release},
+        atomic::{Acquire, Atomic, Full, Release},
         new_spinlock_irq, SpinLockIrq,
     },
     types::Opaque,
@@ -62,10 +66,13 @@ use core::{
     ptr::{addr_of_mut, NonNull},
 };
 
+mod page_block;
 mod virtqueue;
 
+pub use self::page_block::PageBlock;
 pub use self::virtqueue::{
-    InBuffer, LentScatterList, OutBuffer, Virtqueue, VirtqueueInfo, Virtqueues, MAX_CALLBACK_QUEUES,
+    InBuffer, LentScatterList, OutBuffer, PageBuffer, Virtqueue, VirtqueueInfo, Virtqueues,
+    MAX_CALLBACK_QUEUES,
 };
 
 /// Transport feature: descriptors may point to tables of descriptors
@@ -385,6 +392,8 @@ impl<T: Driver> Adapter<T> {
 ///   set back to NULL ([`DeviceState::unpublish`]).
 /// - `works` has been initialised in place and is never resized; work items are only queued while
 ///   `stopped` is `false` and `data` is not NULL.
+/// - `own_wq` is NULL or a workqueue allocated by [`Device::alloc_own_workqueue`], set once and
+///   destroyed when the state is dropped, after all work items were cancelled.
 #[pin_data(PinnedDrop)]
 struct DeviceState {
     vdev: *mut bindings::virtio_device,
@@ -392,6 +401,7 @@ struct DeviceState {
     #[pin]
     stopped: SpinLockIrq<bool>,
     works: KVec<DeviceWork>,
+    own_wq: Atomic<*mut bindings::workqueue_struct>,
     vq_callbacks: [VqCallbackFn; MAX_CALLBACK_QUEUES],
     run_work: unsafe fn(&DeviceState, usize),
 }
@@ -423,6 +433,7 @@ impl DeviceState {
                 data: Atomic::new(core::ptr::null_mut()),
                 stopped <- new_spinlock_irq!(false, "virtio::DeviceState::stopped"),
                 works,
+                own_wq: Atomic::new(core::ptr::null_mut()),
                 vq_callbacks,
                 run_work,
             })
@@ -505,10 +516,22 @@ impl DeviceState {
         (!p.is_null()).then_some(p)
     }
 
-    /// Queues work item `id` on the freezable system workqueue.
-    fn queue_work(&self, id: usize) -> bool {
+    /// Queues work item `id` on the freezable system workqueue, or with `own` on the device's own
+    /// workqueue (refused if it has none).
+    fn queue_work(&self, id: usize, own: bool) -> bool {
         let Some(work) = self.works.get(id) else {
             return false;
+        };
+        let queue = if own {
+            let wq = self.own_wq.load(Acquire);
+            if wq.is_null() {
+                return false;
+            }
+            // SAFETY: By the type invariants a non-NULL `own_wq` stays valid until `self` is
+            // dropped, which outlives this call.
+            unsafe { workqueue::Queue::from_raw(wq) }
+        } else {
+            workqueue::system_freezable()
         };
         let stopped = self.stopped.lock();
         if *stopped || self.data().is_none() {
@@ -516,7 +539,7 @@ impl DeviceState {
         }
         // Under the lock, so that `stop_work()` cannot miss a work item queued after it looked.
         // INVARIANT: `work` belongs to `self`, which is alive.
-        workqueue::system_freezable().enqueue(WorkRef(work))
+        queue.enqueue(WorkRef(work))
     }
 
     /// Refuses further work and waits until none is queued or running.
@@ -533,6 +556,12 @@ impl DeviceState {
 impl PinnedDrop for DeviceState {
     fn drop(self: Pin<&mut Self>) {
         self.stop_work();
+        let wq = self.own_wq.xchg(core::ptr::null_mut(), Full);
+        if !wq.is_null() {
+            // SAFETY: By the type invariants `wq` is our own workqueue; nothing can queue on it
+            // any more (work is stopped, the pointer is cleared) and it is destroyed once.
+            unsafe { bindings::destroy_workqueue(wq) };
+        }
         let vdev = self.vdev;
         // Queues whose `Virtqueue`s were leaked (`mem::forget`) would keep calling our callbacks
         // after `priv` belongs to the next driver. Nobody can use their handles any more (their
@@ -1010,7 +1039,20 @@ impl Device<device::Bound> {
         // SAFETY: While the device is bound to a Rust virtio driver, `priv` is NULL or its
         // `DeviceState`, which lives until the driver data is dropped at the end of unbinding.
         match unsafe { DeviceState::from_priv(self.as_raw()) } {
-            Some(state) => state.queue_work(id),
+            Some(state) => state.queue_work(id, false),
+            None => false,
+        }
+    }
+
+    /// Queues deferred work item `id` on the device's own workqueue (see
+    /// [`Device::alloc_own_workqueue`]); [`Driver::work`] runs it.
+    ///
+    /// For long, CPU-bound work that would hold up the shared system workqueue. Returns `false`
+    /// as [`Device::queue_work`] does, and also if the device has no workqueue of its own.
+    pub fn queue_own_work(&self, id: usize) -> bool {
+        // SAFETY: As in `queue_work()`.
+        match unsafe { DeviceState::from_priv(self.as_raw()) } {
+            Some(state) => state.queue_work(id, true),
             None => false,
         }
     }
@@ -1059,6 +1101,46 @@ impl<'a> Device<device::Core<'a>> {
     pub fn reset(&self) {
         // SAFETY: The device is valid; `Core` context serialises this with probe and remove.
         unsafe { bindings::virtio_reset_device(self.as_raw()) };
+    }
+
+    /// Gives the device a workqueue of its own, named `name`, for [`Device::queue_own_work`].
+    ///
+    /// It is freezable (suspend waits for its work and holds new work back until resume) and
+    /// meant for CPU-bound work (the C balloon's `balloon-wq`: `WQ_FREEZABLE | WQ_CPU_INTENSIVE`).
+    /// Removal cancels its work items with the others; the workqueue is destroyed once the
+    /// driver data is gone. Typically called in probe, when a feature needs it.
+    ///
+    /// Returns [`EBUSY`] if the device has one already, [`ENOMEM`] if it cannot be allocated,
+    /// [`EINVAL`] outside of a Rust virtio driver's callbacks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::{device::Core, prelude::*, virtio};
+    ///
+    /// fn probe_hinting(dev: &virtio::Device<Core<'_>>, hinting: bool) -> Result {
+    ///     if hinting {
+    ///         dev.alloc_own_workqueue(c"balloon-wq")?;
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn alloc_own_workqueue(&self, name: &CStr) -> Result {
+        // SAFETY: In `Core` context of a Rust virtio driver `priv` is NULL or our `DeviceState`,
+        // which outlives the callback this is called from.
+        let state = unsafe { DeviceState::from_priv(self.as_raw()) }.ok_or(EINVAL)?;
+        if !state.own_wq.load(Acquire).is_null() {
+            return Err(EBUSY);
+        }
+        // SAFETY: `name` is a valid NUL-terminated string; the workqueue copies it.
+        let wq = unsafe { bindings::virtio_alloc_own_workqueue(name.as_char_ptr()) };
+        if wq.is_null() {
+            return Err(ENOMEM);
+        }
+        // `Core` context serialises this with itself, so nobody stored one meanwhile.
+        // INVARIANT: A workqueue we allocated, set once, destroyed with the state.
+        state.own_wq.store(wq, Release);
+        Ok(())
     }
 
     /// Declares whether the device can wake the system up (`device_set_wakeup_capable()`).

@@ -37,8 +37,10 @@
 //! - the device made wakeup capable, and its wakeup source kept active from a size change or a
 //!   stats request until the work handling it is done, so that the system does not suspend
 //!   halfway through adjusting the balloon.
-//!
-//! Not implemented: free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`, not offered).
+//! - free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`): on the host's command id, free
+//!   blocks of `MAX_PAGE_ORDER` lent on the free page queue (one slot kept for the command id)
+//!   from the device's own workqueue, kept until the host says DONE, given back under memory
+//!   pressure by a shrinker, and on removal and freeze (`hint.rs`, `hint_queue.rs`).
 
 use kernel::{
     alloc::flags::GFP_NOWAIT,
@@ -51,17 +53,21 @@ use kernel::{
     new_condvar, new_mutex, new_spinlock_irq,
     page::PAGE_SHIFT,
     prelude::*,
+    shrinker::Shrinker,
     sync::{CondVar, Mutex, SpinLockIrq},
     time::{delay::fsleep, Delta, Instant, Monotonic},
     virtio::{self, Virtqueue, VirtqueueInfo},
 };
 
 mod batch;
+mod hint;
+mod hint_queue;
 mod pfn;
 mod stats;
 mod target;
 
 use batch::{PfnBatch, MAX_BUFFERS_IN_FLIGHT, STEP_PFNS_MAX};
+use hint_queue::{HintVq, Hinting};
 use pfn::{Geometry, PfnBuffer, PAGES_PER_PAGE, VIRTIO_BALLOON_ARRAY_PFNS_MAX};
 use stats::StatsBuffer;
 use target::Step;
@@ -76,6 +82,8 @@ const VQ_REPORTING: usize = 4;
 /// Deferred work items.
 const WORK_SIZE: usize = 0;
 const WORK_STATS: usize = 1;
+/// Free page hinting, on the device's own workqueue.
+const WORK_HINT: usize = 2;
 
 /// Wakeup signals: which work items have an event to handle, as the C
 /// `VIRTIO_BALLOON_WAKEUP_SIGNAL_*`.
@@ -175,6 +183,7 @@ struct Reporting<'b> {
 struct AllQueues<'b> {
     queues: Queues<'b>,
     stats: Option<StatsQueue<'b>>,
+    hint: Option<HintVq<'b>>,
     reporting: Option<Reporting<'b>>,
 }
 
@@ -451,18 +460,25 @@ struct RBalloon<'b> {
     /// Taken in the config-change and queue callbacks, which run in interrupt context.
     #[pin]
     wakeup: SpinLockIrq<Wakeup>,
+    /// Free page hinting, with its shrinker; `None` without `VIRTIO_BALLOON_F_FREE_PAGE_HINT`.
+    hint: Option<Pin<KBox<Shrinker<Hinting<'b>>>>>,
 }
 
 /// Creates the queues (the C `init_vqs()`), priming the stats queue with one buffer.
 fn init_vqs<'b>(dev: &'b virtio::Device<Core<'_>>) -> Result<AllQueues<'b>> {
     let stats = dev.has_feature(bindings::VIRTIO_BALLOON_F_STATS_VQ);
     let reporting = dev.has_feature(bindings::VIRTIO_BALLOON_F_REPORTING);
+    let hint = dev.has_feature(bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT);
     let mut vqs = dev.find_vqs(&[
         VirtqueueInfo::new(c"inflate"),
         VirtqueueInfo::new(c"deflate"),
         VirtqueueInfo::new_if(stats, c"stats"),
-        // Free page hinting is not offered: its queue is always absent, but keeps its place.
-        VirtqueueInfo::absent(),
+        // The driver polls the free page queue, as the C driver (no callback).
+        if hint {
+            VirtqueueInfo::without_callback(c"free_page_vq")
+        } else {
+            VirtqueueInfo::absent()
+        },
         VirtqueueInfo::new_if(reporting, c"reporting_vq"),
     ])?;
     let queues = Queues {
@@ -491,10 +507,15 @@ fn init_vqs<'b>(dev: &'b virtio::Device<Core<'_>>) -> Result<AllQueues<'b>> {
     } else {
         None
     };
-    debug_assert!(!vqs.has(VQ_FREE_PAGE));
+    let hint = if hint {
+        Some(vqs.take(VQ_FREE_PAGE)?)
+    } else {
+        None
+    };
     Ok(AllQueues {
         queues,
         stats,
+        hint,
         reporting,
     })
 }
@@ -676,6 +697,9 @@ impl<'b> RBalloon<'b> {
         self.balloon.lock.lock().queues = Some(all.queues);
         *self.stats.lock() = all.stats;
         *self.balloon.reporting.lock() = all.reporting;
+        if let (Some(hint), Some(vq)) = (self.hint.as_ref(), all.hint) {
+            hint.install(vq);
+        }
     }
 }
 
@@ -686,16 +710,17 @@ impl virtio::Driver for RBalloonDriver {
 
     const ID_TABLE: virtio::IdTable = &RBALLOON_TABLE;
 
-    // The C driver's table except FREE_PAGE_HINT, which this driver does not implement.
+    // The C driver's table.
     const FEATURES: &'static [u32] = &[
         bindings::VIRTIO_BALLOON_F_MUST_TELL_HOST,
         bindings::VIRTIO_BALLOON_F_STATS_VQ,
         bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+        bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT,
         bindings::VIRTIO_BALLOON_F_PAGE_POISON,
         bindings::VIRTIO_BALLOON_F_REPORTING,
     ];
 
-    const WORK_ITEMS: usize = 2;
+    const WORK_ITEMS: usize = 3;
 
     fn validate(features: &mut virtio::FeatureNegotiation<'_>) -> Result {
         // Inform the hypervisor that our pages are poisoned or initialized. If we cannot do that
@@ -721,7 +746,26 @@ impl virtio::Driver for RBalloonDriver {
                 dev_err!(dev, "probe failure: config access disabled\n");
                 return Err(EINVAL);
             }
-            let all = init_vqs(dev)?;
+            let mut all = init_vqs(dev)?;
+            let bound: &'bound virtio::Device<Bound> = dev;
+            let hint = match all.hint.take() {
+                Some(vq) => {
+                    // One slot stays for the command id, so hinting needs at least two.
+                    if vq.size() < 2 {
+                        return Err(ENOSPC);
+                    }
+                    // Hinting allocates free memory block by block for as long as there is some:
+                    // too long for the shared system workqueue.
+                    dev.alloc_own_workqueue(c"balloon-wq")?;
+                    // Blocks may be given back to the page allocator even while the host still
+                    // considers them (the shrinker).
+                    Some(KBox::pin_init(
+                        Shrinker::new(c"rballoon", Hinting::new(bound, vq)),
+                        GFP_KERNEL,
+                    )?)
+                }
+                None => None,
+            };
             let pfns = PfnBatch::new(MAX_BUFFERS_IN_FLIGHT, Geometry::KERNEL, GFP_KERNEL)?;
             // 32 KiB each with 4 KiB pages: may come from vmalloc.
             let deflated = KVVec::with_capacity(STEP_GUEST_PAGES, GFP_KERNEL)?;
@@ -746,7 +790,6 @@ impl virtio::Driver for RBalloonDriver {
 
             // Without DEFLATE_ON_OOM inflated pages leave the managed page count, as in C.
             let adjust = !dev.has_feature(bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
-            let bound: &'bound virtio::Device<Bound> = dev;
 
             Ok(try_pin_init!(RBalloon {
                 dev: bound,
@@ -769,6 +812,7 @@ impl virtio::Driver for RBalloonDriver {
                     processing: false,
                     signal_mask: 0,
                 }),
+                hint,
             }? Error))
         })
     }
@@ -795,12 +839,21 @@ impl virtio::Driver for RBalloonDriver {
         if this.balloon.towards_target() != 0 {
             this.start_update_balloon_size(dev);
         }
+        // Or asked for hints: the first run reads the command id whatever it is.
+        if this.hint.is_some() {
+            dev.queue_own_work(WORK_HINT);
+        }
     }
 
     fn unbind<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&RBalloon<'bound>>) {
         // Size and stats work are stopped already; the queues still work.
         this.quiesce();
         this.deflate_all();
+        // Kept hint blocks go back now; those still queued once the device is reset and the
+        // queue dropped (the C `remove_common()`).
+        if let Some(hint) = this.hint.as_ref() {
+            let _lent = hint.return_all();
+        }
         this.cancel_wakeup_events();
     }
 
@@ -812,6 +865,11 @@ impl virtio::Driver for RBalloonDriver {
         // Queueing is refused once the driver is going away: the C `stop_update` check. A wakeup
         // event started then is dropped by `unbind`.
         this.start_update_balloon_size(dev);
+        // The command id may have changed (the C `virtio_balloon_queue_free_page_work()`).
+        if let Some(hint) = this.hint.as_ref() {
+            hint.config_changed();
+            dev.queue_own_work(WORK_HINT);
+        }
     }
 
     fn vq_callback<'bound>(
@@ -832,6 +890,11 @@ impl virtio::Driver for RBalloonDriver {
         match id {
             WORK_SIZE => this.update_size(dev),
             WORK_STATS => this.update_stats_work(),
+            WORK_HINT => {
+                if let Some(hint) = this.hint.as_ref() {
+                    hint.work();
+                }
+            }
             _ => {}
         }
     }
@@ -846,7 +909,9 @@ impl virtio::Driver for RBalloonDriver {
         let queues = this.balloon.lock.lock().queues.take();
         let stats = this.stats.lock().take();
         let reporting = this.balloon.reporting.lock().take();
-        drop((queues, stats, reporting));
+        // Kept hint blocks go back; queued ones with the queue.
+        let hint = this.hint.as_ref().and_then(|h| h.take_vq());
+        drop((queues, stats, hint, reporting));
         Ok(())
     }
 

@@ -17,7 +17,7 @@
 //!
 //! C header: [`include/linux/virtio.h`](srctree/include/linux/virtio.h)
 
-use super::{Device, DeviceState};
+use super::{Device, DeviceState, PageBlock};
 use crate::{alloc::Flags, bindings, device, error::to_result, prelude::*, sync::Arc};
 use core::{marker::PhantomData, ptr::NonNull};
 
@@ -97,6 +97,17 @@ impl<const N: usize> InBuffer for [u8; N] {
     fn in_bytes(&mut self) -> &mut [u8] {
         self
     }
+}
+
+/// A buffer that lends the device a [`PageBlock`] it owns, for the device to write.
+///
+/// Used with [`Virtqueue::add_inbuf_pages`], e.g. for the free page blocks a balloon hints to the
+/// host. The block must be owned by the buffer (directly, or through a box or reference count):
+/// it then stays allocated while the queue holds the buffer, since nothing can drop or change the
+/// buffer meanwhile. A buffer type may carry other kinds of data too and return `None` for them.
+pub trait PageBuffer {
+    /// The block to lend, if this buffer carries one.
+    fn page_block(&self) -> Option<&PageBlock>;
 }
 
 /// A scatterlist of memory that can be lent to a device for as long as it is borrowed.
@@ -272,8 +283,8 @@ impl<'a, T> Virtqueue<'a, T> {
         };
         let token = KBox::into_raw(buf);
         // SAFETY: `self.as_raw()` is a live queue (type invariant), used exclusively (`&mut
-        // self`); `sg` describes memory inside `*token`, which the queue now owns until the device
-        // gives it back; `token` is non-NULL.
+        // self`); `sg` describes memory owned by `*token` (inside it, or a page block it owns),
+        // which the queue now owns until the device gives it back; `token` is non-NULL.
         let ret = unsafe {
             if out {
                 bindings::virtqueue_add_outbuf(
@@ -330,6 +341,56 @@ impl<'a, T> Virtqueue<'a, T> {
         let bytes = buf.in_bytes();
         let (ptr, len) = (bytes.as_mut_ptr().cast_const(), bytes.len());
         let sg = sg_for(&buf, ptr, len);
+        self.add(buf, sg, false, gfp)
+    }
+
+    /// Lends the page block `buf` carries ([`PageBuffer::page_block`]) to the device, to write.
+    ///
+    /// The block stays allocated until the buffer comes back from [`Virtqueue::get_buf`] or the
+    /// queue is dropped (after the device is reset): the queue owns `buf`, and `T: 'static` means
+    /// the block cannot be borrowed from something that goes away earlier.
+    ///
+    /// On failure (e.g. [`ENOSPC`] if the queue is full, [`EINVAL`] if `buf` carries no block) the
+    /// buffer is given back with the error.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::{prelude::*, virtio::{PageBlock, PageBuffer, Virtqueue}};
+    ///
+    /// struct Hint(PageBlock);
+    ///
+    /// impl PageBuffer for Hint {
+    ///     fn page_block(&self) -> Option<&PageBlock> {
+    ///         Some(&self.0)
+    ///     }
+    /// }
+    ///
+    /// fn hint_one(vq: &mut Virtqueue<'_, Hint>) -> Result {
+    ///     let block = PageBlock::alloc_if_free(PageBlock::MAX_ORDER).ok_or(ENOMEM)?;
+    ///     let buf = KBox::new(Hint(block), GFP_KERNEL)?;
+    ///     vq.add_inbuf_pages(buf, GFP_KERNEL).map_err(|(e, _buf)| e)?;
+    ///     vq.kick();
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn add_inbuf_pages(&mut self, buf: KBox<T>, gfp: Flags) -> Result<(), (Error, KBox<T>)>
+    where
+        T: PageBuffer + 'static,
+    {
+        let sg = match buf.page_block() {
+            Some(block) => {
+                let mut sg = bindings::scatterlist::default();
+                // SAFETY: `sg` is valid for writes; the block is `2^order` pages in the linear
+                // mapping (type invariant of `PageBlock`), at most `PAGE_SIZE << MAX_PAGE_ORDER`
+                // bytes, which fits a scatterlist entry.
+                unsafe {
+                    bindings::virtio_sg_init_page_block(&mut sg, block.as_raw(), block.order())
+                };
+                Ok(sg)
+            }
+            None => Err(EINVAL),
+        };
         self.add(buf, sg, false, gfp)
     }
 

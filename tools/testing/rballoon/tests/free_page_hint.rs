@@ -1,0 +1,278 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`) driven by a live migration.
+//!
+//! QEMU asks the guest for free page hints while it migrates RAM (precopy), and says DONE once
+//! the migration is over. The test migrates the guest to an `exec:` target that stalls for a
+//! while before it reads (so the migration is in progress long enough to watch), waits for the
+//! migration to complete, resumes the source guest (`cont`, which QEMU allows after a completed
+//! migration) and checks:
+//!
+//! - while the migration runs, the guest took free memory away: `MemFree` fell by most of what
+//!   was free, in blocks handed to the host (the Rust driver counts them in debugfs);
+//! - once DONE is delivered, every block is back: `MemFree` is back within a margin, and the Rust
+//!   driver holds no block.
+//!
+//! Without the `rust-driver` feature only the C driver runs; with it both run, one after the
+//! other on fresh guests, and their figures are printed side by side.
+
+use rballoon_harness::{Driver, Error, Result, Vm, VmConfig};
+use serde_json::{json, Value};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Guest memory: most of it is free after boot, so hinting has plenty to take.
+const MEM_MIB: u64 = 1024;
+
+/// How long the migration target stalls before reading: the window in which the guest hints.
+const STALL_SECS: u64 = 8;
+
+/// Bound on the whole migration (TCG; the guest's free memory is hinted, so little is sent).
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Bound on the blocks coming back after DONE.
+const DONE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The guest must hand over at least this share of its free memory while the migration runs.
+const MIN_HINTED_SHARE: f64 = 0.5;
+
+/// After DONE, `MemFree` must be back to within this much of where it started.
+const MEMFREE_MARGIN_KB: u64 = 64 * 1024;
+
+/// Where the Rust driver keeps its hinting counters.
+const DEBUGFS: &str = "/sys/kernel/debug/rballoon";
+
+/// What one run measured.
+#[derive(Debug, Default)]
+struct Figures {
+    driver: Option<Driver>,
+    /// `MemFree` before the migration, kB.
+    free_before_kb: u64,
+    /// Lowest `MemFree` seen while the migration was in progress, kB.
+    free_min_kb: u64,
+    /// `MemFree` once DONE was handled, kB.
+    free_after_kb: u64,
+    /// Most blocks held at once during the migration (Rust driver).
+    held_max: Option<u64>,
+    /// Blocks handed to the host in total (Rust driver).
+    hinted: Option<u64>,
+    /// Hinting rounds (Rust driver).
+    rounds: Option<u64>,
+    /// Blocks held after DONE (Rust driver).
+    held_after: Option<u64>,
+    /// From `migrate` to `completed`.
+    migration: Duration,
+    /// From `cont` until the memory was back.
+    back_after: Duration,
+}
+
+impl Figures {
+    fn row(&self) -> String {
+        let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+        format!(
+            "{:<6} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>9.1} | {:>7.2}",
+            self.driver.map_or("?".into(), |d| d.to_string()),
+            self.free_before_kb >> 10,
+            self.free_min_kb >> 10,
+            self.free_after_kb >> 10,
+            opt(self.held_max),
+            opt(self.hinted),
+            opt(self.rounds),
+            opt(self.held_after),
+            self.migration.as_secs_f64(),
+            self.back_after.as_secs_f64(),
+        )
+    }
+
+    fn header() -> String {
+        format!(
+            "{:<6} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>9} | {:>7}",
+            "driver",
+            "free MiB",
+            "min MiB",
+            "after MiB",
+            "held max",
+            "hinted",
+            "rounds",
+            "held after",
+            "migrate s",
+            "back s"
+        )
+    }
+}
+
+/// A guest whose balloon offers free page hinting (QEMU adds the iothread it needs) and nothing
+/// that would move free memory on its own (no free page reporting).
+fn config(name: &str) -> VmConfig {
+    let mut cfg = VmConfig::new(name).mem_mib(MEM_MIB);
+    if let Some(b) = cfg.balloon.as_mut() {
+        b.free_page_hint = true;
+        b.free_page_reporting = false;
+    }
+    cfg
+}
+
+/// One of the Rust driver's debugfs counters.
+fn counter(vm: &mut Vm, name: &str) -> Result<u64> {
+    let out = vm.sh(&format!("cat {DEBUGFS}/{name}"))?;
+    out.trim()
+        .parse()
+        .map_err(|e| Error::other(format!("{DEBUGFS}/{name} holds {out:?}: {e}")))
+}
+
+/// `query-migrate`'s status.
+fn migration_status(vm: &mut Vm) -> Result<String> {
+    let r = vm.qmp().execute("query-migrate", None)?;
+    Ok(r["status"].as_str().unwrap_or("none").to_string())
+}
+
+/// Migrates the guest running `driver` and measures the hinting; asserts what must hold.
+fn hint_during_migration(driver: Driver) -> Result<Figures> {
+    let mut vm = Vm::boot(config(&format!("hint-{}", driver.module())))?;
+    vm.load_driver(driver)?;
+    let rust = driver == Driver::Rust;
+    let mut f = Figures {
+        driver: Some(driver),
+        ..Default::default()
+    };
+    // Let the boot's page cache and module loading settle.
+    sleep(Duration::from_secs(1));
+    f.free_before_kb = vm.meminfo_kb("MemFree")?;
+    f.free_min_kb = f.free_before_kb;
+    if rust {
+        let held = counter(&mut vm, "hint_blocks_held")?;
+        if held != 0 {
+            return Err(Error::other(format!(
+                "{held} blocks held before any migration"
+            )));
+        }
+    }
+
+    // The target sleeps before it reads: QEMU's first writes fill the pipe and the migration
+    // stays in progress, while the guest (still running) answers the host's hint request.
+    let uri = format!("exec:sleep {STALL_SECS}; cat > /dev/null");
+    let t0 = Instant::now();
+    vm.qmp().execute("migrate", Some(json!({ "uri": uri })))?;
+    let mut held_max = 0;
+    loop {
+        let status = migration_status(&mut vm)?;
+        match status.as_str() {
+            "completed" => break,
+            "failed" | "cancelled" => {
+                let r: Value = vm.qmp().execute("query-migrate", None)?;
+                return Err(Error::other(format!("migration {status}: {r}")));
+            }
+            _ => {}
+        }
+        if t0.elapsed() > MIGRATION_TIMEOUT {
+            return Err(Error::other(format!(
+                "migration still {status} after {MIGRATION_TIMEOUT:?}"
+            )));
+        }
+        // The guest shell answers while the migration is active; once the guest is stopped for
+        // the last pass it does not, so only ask while the status says the guest runs.
+        if status == "active" || status == "setup" {
+            if let Ok((0, out)) =
+                vm.sh_timeout("grep MemFree: /proc/meminfo", Duration::from_secs(5))
+            {
+                if let Some(kb) = out
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    f.free_min_kb = f.free_min_kb.min(kb);
+                }
+            }
+            if rust {
+                if let Ok((0, out)) = vm.sh_timeout(
+                    &format!("cat {DEBUGFS}/hint_blocks_held"),
+                    Duration::from_secs(5),
+                ) {
+                    if let Ok(n) = out.trim().parse::<u64>() {
+                        held_max = held_max.max(n);
+                    }
+                }
+            }
+        }
+        sleep(Duration::from_millis(300));
+    }
+    f.migration = t0.elapsed();
+
+    // The source guest is paused after a completed migration; resuming it delivers DONE.
+    vm.qmp().execute("cont", None)?;
+    let t1 = Instant::now();
+    loop {
+        let free = vm.meminfo_kb("MemFree")?;
+        let held = if rust {
+            Some(counter(&mut vm, "hint_blocks_held")?)
+        } else {
+            None
+        };
+        f.free_after_kb = free;
+        f.held_after = held;
+        if free + MEMFREE_MARGIN_KB >= f.free_before_kb && held.unwrap_or(0) == 0 {
+            break;
+        }
+        if t1.elapsed() > DONE_TIMEOUT {
+            return Err(Error::other(format!(
+                "after DONE: MemFree {} MiB (was {} MiB), {} blocks held, after {DONE_TIMEOUT:?}",
+                free >> 10,
+                f.free_before_kb >> 10,
+                held.map_or("?".into(), |h| h.to_string())
+            )));
+        }
+        sleep(Duration::from_millis(250));
+    }
+    f.back_after = t1.elapsed();
+    if rust {
+        f.held_max = Some(held_max);
+        f.hinted = Some(counter(&mut vm, "hint_blocks_hinted")?);
+        f.rounds = Some(counter(&mut vm, "hint_rounds")?);
+    }
+    eprintln!("{}\n{}", Figures::header(), f.row());
+
+    // The guest handed over most of its free memory while the migration ran.
+    let taken_kb = f.free_before_kb.saturating_sub(f.free_min_kb);
+    let share = taken_kb as f64 / f.free_before_kb as f64;
+    if share < MIN_HINTED_SHARE {
+        return Err(Error::other(format!(
+            "{driver}: MemFree fell by only {} MiB of {} MiB ({:.0} %) during the migration",
+            taken_kb >> 10,
+            f.free_before_kb >> 10,
+            share * 100.0
+        )));
+    }
+    if rust {
+        // Blocks of MAX_PAGE_ORDER (4 MiB on x86_64): the count must match the memory taken.
+        let blocks = f.hinted.unwrap_or(0);
+        if blocks == 0 || f.rounds.unwrap_or(0) == 0 || held_max == 0 {
+            return Err(Error::other(format!(
+                "the Rust driver hinted nothing: {f:?}"
+            )));
+        }
+        if held_max * 4096 + MEMFREE_MARGIN_KB < taken_kb {
+            return Err(Error::other(format!(
+                "MemFree fell by {} MiB but at most {held_max} blocks (4 MiB) were held",
+                taken_kb >> 10
+            )));
+        }
+    }
+    vm.check_splats()?;
+    vm.shutdown()?;
+    Ok(f)
+}
+
+#[cfg(not(feature = "rust-driver"))]
+#[test]
+fn c_driver_hints_free_pages_during_migration() -> Result<()> {
+    hint_during_migration(Driver::C).map(drop)
+}
+
+#[cfg(feature = "rust-driver")]
+#[test]
+fn free_page_hinting_during_migration_rust_and_c() -> Result<()> {
+    Driver::Rust.require_built(&VmConfig::new("check").paths)?;
+    let rust = hint_during_migration(Driver::Rust)?;
+    let c = hint_during_migration(Driver::C)?;
+    eprintln!("\n{}\n{}\n{}", Figures::header(), rust.row(), c.row());
+    Ok(())
+}

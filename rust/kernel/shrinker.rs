@@ -215,6 +215,7 @@ impl<T: Shrink> Shrinker<T> {
     where
         Error: From<E>,
         E: 'a,
+        T: 'a,
     {
         pin_init::pin_init_scope(move || {
             let raw = RawShrinker::alloc(name)?;

@@ -2,6 +2,7 @@
 #
 #   make demo    boot a guest, inflate the balloon to half of its memory and back, print a table
 #   make test    build everything, run KUnit and the harness tests (what CI runs)
+#   make stress  the stress and fault suite for both drivers (STRESS_SECONDS, FLAVOUR=debug)
 #
 # Everything heavy lives in $(RBALLOON_CACHE) (default /var/cache/rballoon), outside the checkout.
 
@@ -19,12 +20,12 @@ HARNESS_DIR := tools/testing/rballoon
 export CARGO_TARGET_DIR := $(RBALLOON_CACHE)/harness-target
 HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
 
-.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test harness-test patches distclean help
+.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test stress harness-test patches distclean help
 
 all: guest harness
 
 help:
-	@sed -n '3,6p' Makefile
+	@sed -n '3,7p' Makefile
 
 root:
 	@$(S)/mkroot.sh
@@ -60,6 +61,10 @@ harness-test: guest harness
 
 test:
 	@$(S)/test.sh
+
+# DRIVER= picks one driver; without it both run.
+stress: guest harness
+	@STRESS_DRIVERS="$(if $(filter command line environment,$(origin DRIVER)),$(DRIVER),rust c)" $(S)/stress.sh
 
 patches: tree
 	@$(S)/export-patches.sh

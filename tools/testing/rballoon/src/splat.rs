@@ -8,6 +8,8 @@
 /// or `BUG:` line; they are listed on their own so that a report is named by what it is, and so
 /// that a report whose header line was lost in the log still counts.
 pub const PATTERNS: &[&str] = &[
+    // debugobjects; before "BUG:", which it contains.
+    "ODEBUG:",
     "BUG:",
     // BUG() / BUG_ON(), including a Rust panic: "kernel BUG at mm/balloon.c:123!".
     "kernel BUG at",
@@ -22,7 +24,6 @@ pub const PATTERNS: &[&str] = &[
     "list_del corruption",
     "list_add corruption",
     "refcount_t:",
-    "ODEBUG:",
     // Page poisoning found a freed page written to.
     "pagealloc: memory corruption",
     "pagealloc: single bit error",

@@ -80,7 +80,7 @@ fn parse_churn(log: &str, compactions: u64) -> Workload {
         log.lines()
             .find(|l| l.starts_with("rb-memload churn:"))
             .and_then(|l| {
-                let w: Vec<&str> = l.split(|c: char| c == ' ' || c == ',').collect();
+                let w: Vec<&str> = l.split([' ', ',']).collect();
                 let i = w.iter().position(|x| *x == word)?;
                 w.get(i.checked_sub(1)?)?.parse().ok()
             })

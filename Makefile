@@ -4,6 +4,7 @@
 #   make test    build everything, run KUnit and the harness tests (what CI runs)
 #   make bench   the C balloon driver against ours, side by side (ROUNDS=5, BENCH_MEM=4096,
 #                WORKLOADS=1,3,4,5; BENCH=short or make bench-short: 1 round, 2 GiB) -> out/bench/
+#   make stress  the stress and fault suite for both drivers (STRESS_SECONDS, FLAVOUR=debug)
 #
 # Everything heavy lives in $(RBALLOON_CACHE) (default /var/cache/rballoon), outside the checkout.
 
@@ -21,12 +22,12 @@ HARNESS_DIR := tools/testing/rballoon
 export CARGO_TARGET_DIR := $(RBALLOON_CACHE)/harness-target
 HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
 
-.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test harness-test bench bench-short patches distclean help
+.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test stress harness-test bench bench-short patches distclean help
 
 all: guest harness
 
 help:
-	@sed -n '3,8p' Makefile
+	@sed -n '3,9p' Makefile
 
 root:
 	@$(S)/mkroot.sh
@@ -69,6 +70,10 @@ bench: guest harness
 
 bench-short: guest harness
 	@$(S)/bench.sh short
+
+# DRIVER= picks one driver; without it both run.
+stress: guest harness
+	@STRESS_DRIVERS="$(if $(filter command line environment,$(origin DRIVER)),$(DRIVER),rust c)" $(S)/stress.sh
 
 patches: tree
 	@$(S)/export-patches.sh

@@ -2,8 +2,8 @@
 # make test: build everything from nothing if needed, then run every suite and say how it went.
 #
 # Stages: toolchain root, patched tree, guest kernel + initramfs, host harness, KUnit (kunit.py),
-# harness tests against QEMU, the benchmark's short form. Each prints its time; the last line
-# counts tests over all suites.
+# harness tests against QEMU, the benchmark's and the stress suite's short forms. Each prints its
+# time; the last line counts tests over all suites.
 . "$(dirname "$0")/common.sh"
 cd "$RB_REPO"
 
@@ -43,6 +43,17 @@ else
 	rb_log "bench-short FAILED"
 	failed=$((failed + 1))
 fi
+
+# The stress suite, short form: 60 s per driver on the normal guest; each driver's run is a test.
+slog=$RB_CACHE/logs/stress-short.log
+STRESS_SECONDS=${STRESS_SHORT_SECONDS:-60} STRESS_DRIVERS="rust c" "$RB_REPO/scripts/rballoon/stress.sh" 2>&1 |
+	tee "$slog" || true
+sp=$(grep -c '^stress: PASSED' "$slog" || true)
+sf=$(grep -c '^stress: FAILED' "$slog" || true)
+# A run that died before its verdict (harness error) counts as failed too.
+[ $((sp + sf)) -lt 2 ] && sf=$((2 - sp))
+passed=$((passed + sp)) failed=$((failed + sf))
+rb_log "stress (short): $sp passed, $sf failed"
 
 rb_log "make test took $(( $(date +%s) - t0 )) s"
 echo "rballoon: $passed passed, $failed failed"

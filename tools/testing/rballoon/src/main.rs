@@ -9,10 +9,14 @@ use rballoon_harness::{Driver, Error, QemuProcess, Result, Transport, Vm, VmConf
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+mod stress;
+mod stress_guest;
+
 const USAGE: &str = "\
 usage: rballoon run  [--mmio] [--mem MiB] [--driver c|rust|none]
        rballoon demo [--mmio] [--mem MiB] [--driver c|rust]
        rballoon bench [--short] [--rounds N] [--mem MiB] [--workloads 1,3,4,5] [--out DIR]
+       rballoon stress [--mmio] [--mem MiB] [--driver c|rust] [--seconds N] [--seed N]
 
 run   boot the guest with its console on this terminal (Ctrl-a c: QEMU monitor, Ctrl-a x: quit)
 demo  inflate the balloon to half the guest, deflate it again, print a table; exit 0 if the
@@ -20,6 +24,10 @@ demo  inflate the balloon to half the guest, deflate it again, print a table; ex
 bench the C driver against ours, alternating, N rounds (default 5, 4096 MiB, every workload;
       --short: 1 round, 2048 MiB, workloads 1-2 and 5); writes bench.md, CSVs and PNG plots to
       --out (default out/bench in the repository); exit 1 if a run failed
+stress for --seconds (STRESS_SECONDS, default 1200): random balloon targets, a memory workload,
+      compaction, unload/reload and device removal inflated, an OOM hog, fail_page_alloc (debug
+      guest); then deflate and check the accounting. --seed (STRESS_SEED, default: the time)
+      replays a run. Exit 0 if every check passed
 
 environment: RBALLOON_CACHE (/var/cache/rballoon), RBALLOON_FLAVOUR (guest), ACCEL (tcg|kvm),
              RBALLOON_BOOT_TIMEOUT (seconds), RBALLOON_KEEP (keep run directories)";
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
         "run" => parse(rest, None).map_err(usage).and_then(run),
         "demo" => parse(rest, Some(Driver::C)).map_err(usage).and_then(demo),
         "bench" => parse_bench(rest).map_err(usage).and_then(bench),
+        "stress" => stress_opts(rest).map_err(usage).and_then(run_stress),
         "-h" | "--help" | "help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -85,6 +94,50 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `stress` takes the common options plus `--seconds` and `--seed`.
+fn stress_opts(args: &[String]) -> std::result::Result<stress::Opts, String> {
+    let env_u64 = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let mut seconds = env_u64("STRESS_SECONDS").unwrap_or(1200);
+    let mut seed = env_u64("STRESS_SEED").unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1)
+    });
+    let mut common = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut num = |name: &str| -> std::result::Result<u64, String> {
+            let v = it.next().ok_or(format!("{name} needs a number"))?;
+            v.parse().map_err(|_| format!("bad {name} {v:?}"))
+        };
+        match a.as_str() {
+            "--seconds" => seconds = num("--seconds")?,
+            "--seed" => seed = num("--seed")?,
+            _ => common.push(a.clone()),
+        }
+    }
+    let mut o = parse(&common, Some(Driver::Rust))?;
+    if !common.iter().any(|a| a == "--mem") {
+        o.mem = 1024;
+    }
+    Ok(stress::Opts {
+        driver: o.driver.ok_or("stress needs a driver (--driver c|rust)")?,
+        seconds,
+        seed,
+        mem_mib: o.mem,
+        transport: o.transport,
+    })
+}
+
+fn run_stress(o: stress::Opts) -> Result<bool> {
+    let t0 = Instant::now();
+    let report = stress::run(&o)?;
+    println!("{}", report.render(&o));
+    eprintln!("stress: took {:.0} s", t0.elapsed().as_secs_f64());
+    Ok(report.problems.is_empty())
 }
 
 fn usage(msg: String) -> Error {

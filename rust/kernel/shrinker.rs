@@ -137,7 +137,7 @@ impl ShrinkControl<'_> {
     /// How many objects reclaim asks to be scanned (and freed if possible).
     pub fn nr_to_scan(&self) -> usize {
         // SAFETY: By the type invariants `sc` is valid for reads.
-        unsafe { (*self.sc.as_ptr()).nr_to_scan as usize }
+        unsafe { (*self.sc.as_ptr()).nr_to_scan }
     }
 
     /// The NUMA node being shrunk (meaningful for NUMA-aware shrinkers only).

@@ -98,7 +98,7 @@ unsafe fn mod_balloon_pages(page: *mut bindings::page, delta: i64) {
         bindings::movable_mod_node_page_state(
             page,
             bindings::node_stat_item_NR_BALLOON_PAGES,
-            delta as _,
+            delta as isize,
         )
     };
 }

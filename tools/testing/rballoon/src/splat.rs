@@ -40,6 +40,9 @@ pub const PATTERNS: &[&str] = &[
     "general protection fault",
     "UBSAN",
     "Call Trace",
+    // A KUnit case or suite that failed: the guest runs the project's suites at boot (built in)
+    // and when the driver module loads, so every test also checks them on its kernel.
+    "not ok ",
 ];
 
 /// `Call Trace` on its own is a splat unless it belongs to a report that prints a stack on
@@ -176,6 +179,9 @@ mod tests {
             ("[ 5.1] Kernel panic - not syncing: Fatal exception", "Kernel panic"),
             ("[ 5.1] UBSAN: array-index-out-of-bounds in mm/page_alloc.c:10:2", "UBSAN"),
             ("[ 5.1] Call Trace:", "Call Trace"),
+            ("[ 2.4]     not ok 3 deflate_gives_back_every_page", "not ok "),
+            ("[ 2.4] not ok 2 rballoon_batch", "not ok "),
+            ("[ 2.4]     ok 4 skipped_case # SKIP needs CONFIG_FOO", ""),
         ];
         for (line, pattern) in cases {
             let s = scan(line);

@@ -15,7 +15,7 @@
 //! Without the `rust-driver` feature only the C driver runs; with it both run, one after the
 //! other on fresh guests, and their figures are printed side by side.
 
-use rballoon_harness::{Driver, Error, Result, Vm, VmConfig};
+use rballoon_harness::{Driver, Error, Result, Transport, Vm, VmConfig};
 use serde_json::{json, Value};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -45,6 +45,7 @@ const DEBUGFS: &str = "/sys/kernel/debug/rballoon";
 #[derive(Debug, Default)]
 struct Figures {
     driver: Option<Driver>,
+    transport: Option<Transport>,
     /// `MemFree` before the migration, kB.
     free_before_kb: u64,
     /// Lowest `MemFree` seen while the migration was in progress, kB.
@@ -69,8 +70,9 @@ impl Figures {
     fn row(&self) -> String {
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         format!(
-            "{:<6} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>9.1} | {:>7.2}",
+            "{:<6} | {:<4} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>9.1} | {:>7.2}",
             self.driver.map_or("?".into(), |d| d.to_string()),
+            self.transport.map_or("?", transport_name),
             self.free_before_kb >> 10,
             self.free_min_kb >> 10,
             self.free_after_kb >> 10,
@@ -85,8 +87,9 @@ impl Figures {
 
     fn header() -> String {
         format!(
-            "{:<6} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>9} | {:>7}",
+            "{:<6} | {:<4} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>9} | {:>7}",
             "driver",
+            "bus",
             "free MiB",
             "min MiB",
             "after MiB",
@@ -102,8 +105,8 @@ impl Figures {
 
 /// A guest whose balloon offers free page hinting (QEMU adds the iothread it needs) and nothing
 /// that would move free memory on its own (no free page reporting).
-fn config(name: &str) -> VmConfig {
-    let mut cfg = VmConfig::new(name).mem_mib(MEM_MIB);
+fn config(name: &str, t: Transport) -> VmConfig {
+    let mut cfg = VmConfig::new(name).transport(t).mem_mib(MEM_MIB);
     if let Some(b) = cfg.balloon.as_mut() {
         b.free_page_hint = true;
         b.free_page_reporting = false;
@@ -119,6 +122,13 @@ fn counter(vm: &mut Vm, name: &str) -> Result<u64> {
         .map_err(|e| Error::other(format!("{DEBUGFS}/{name} holds {out:?}: {e}")))
 }
 
+fn transport_name(t: Transport) -> &'static str {
+    match t {
+        Transport::Pci => "PCI",
+        Transport::Mmio => "MMIO",
+    }
+}
+
 /// `query-migrate`'s status.
 fn migration_status(vm: &mut Vm) -> Result<String> {
     let r = vm.qmp().execute("query-migrate", None)?;
@@ -126,12 +136,13 @@ fn migration_status(vm: &mut Vm) -> Result<String> {
 }
 
 /// Migrates the guest running `driver` and measures the hinting; asserts what must hold.
-fn hint_during_migration(driver: Driver) -> Result<Figures> {
-    let mut vm = Vm::boot(config(&format!("hint-{}", driver.module())))?;
+fn hint_during_migration(driver: Driver, t: Transport) -> Result<Figures> {
+    let mut vm = Vm::boot(config(&format!("hint-{}", driver.module()), t))?;
     vm.load_driver(driver)?;
     let rust = driver == Driver::Rust;
     let mut f = Figures {
         driver: Some(driver),
+        transport: Some(t),
         ..Default::default()
     };
     // Let the boot's page cache and module loading settle.
@@ -235,7 +246,8 @@ fn hint_during_migration(driver: Driver) -> Result<Figures> {
     let share = taken_kb as f64 / f.free_before_kb as f64;
     if share < MIN_HINTED_SHARE {
         return Err(Error::other(format!(
-            "{driver}: MemFree fell by only {} MiB of {} MiB ({:.0} %) during the migration",
+            "{driver} on {}: MemFree fell by only {} MiB of {} MiB ({:.0} %) during the migration",
+            transport_name(t),
             taken_kb >> 10,
             f.free_before_kb >> 10,
             share * 100.0
@@ -264,15 +276,30 @@ fn hint_during_migration(driver: Driver) -> Result<Figures> {
 #[cfg(not(feature = "rust-driver"))]
 #[test]
 fn c_driver_hints_free_pages_during_migration() -> Result<()> {
-    hint_during_migration(Driver::C).map(drop)
+    for t in Transport::ALL {
+        hint_during_migration(Driver::C, t)?;
+    }
+    Ok(())
+}
+
+/// Both drivers on one transport, their figures side by side.
+#[cfg(feature = "rust-driver")]
+fn rust_and_c(t: Transport) -> Result<()> {
+    Driver::Rust.require_built(&VmConfig::new("check").paths)?;
+    let rust = hint_during_migration(Driver::Rust, t)?;
+    let c = hint_during_migration(Driver::C, t)?;
+    eprintln!("\n{}\n{}\n{}", Figures::header(), rust.row(), c.row());
+    Ok(())
 }
 
 #[cfg(feature = "rust-driver")]
 #[test]
-fn free_page_hinting_during_migration_rust_and_c() -> Result<()> {
-    Driver::Rust.require_built(&VmConfig::new("check").paths)?;
-    let rust = hint_during_migration(Driver::Rust)?;
-    let c = hint_during_migration(Driver::C)?;
-    eprintln!("\n{}\n{}\n{}", Figures::header(), rust.row(), c.row());
-    Ok(())
+fn free_page_hinting_during_migration_pci() -> Result<()> {
+    rust_and_c(Transport::Pci)
+}
+
+#[cfg(feature = "rust-driver")]
+#[test]
+fn free_page_hinting_during_migration_mmio() -> Result<()> {
+    rust_and_c(Transport::Mmio)
 }

@@ -7,7 +7,7 @@
 #![cfg(feature = "rust-driver")]
 
 use rballoon_harness::parity::{self, compaction, oom, reporting, Case};
-use rballoon_harness::{Error, Result, Transport};
+use rballoon_harness::{Error, Result, Transport, VmConfig};
 use std::time::Duration;
 
 /// Guests for free page reporting and deflate-on-OOM: small, so writing their memory is quick.
@@ -42,6 +42,7 @@ fn per_case<F>(
     scenario: &str,
     t: Transport,
     mem_mib: u64,
+    tweak: fn(&mut VmConfig),
     cases: &[Case],
     run: impl Fn(&mut rballoon_harness::Vm, Case) -> Result<F>,
     table: impl Fn(&str, &[F]) -> String,
@@ -49,7 +50,7 @@ fn per_case<F>(
     let title = format!("{scenario}, {}, {mem_mib} MiB guest", name(t));
     let mut runs = Vec::new();
     for &case in cases {
-        let r = parity::boot(scenario, t, mem_mib, case).and_then(|mut vm| {
+        let r = parity::boot_with(scenario, t, mem_mib, case, tweak).and_then(|mut vm| {
             let f = run(&mut vm, case)?;
             vm.shutdown()?;
             Ok(f)
@@ -79,6 +80,7 @@ fn compaction_frees_huge_pages(t: Transport) -> Result<()> {
         "compact",
         t,
         COMPACT_MEM_MIB,
+        compaction::configure,
         &[Case::C, Case::RUST, Case::RUST_NO_MIGRATION],
         compaction::run,
         compaction::table,
@@ -108,6 +110,7 @@ fn free_page_reporting_shrinks_qemu(t: Transport) -> Result<()> {
         "report",
         t,
         MEM_MIB,
+        |_| {},
         &[Case::C, Case::RUST],
         |vm, case| reporting::run(vm, case, REPORT_PERCENT, REPORT_TIMEOUT),
         reporting::table,
@@ -132,6 +135,7 @@ fn deflate_on_oom_saves_the_hog(t: Transport) -> Result<()> {
         "oom",
         t,
         MEM_MIB,
+        |_| {},
         &[Case::C, Case::RUST],
         oom::run,
         oom::table,
@@ -184,13 +188,7 @@ fn compaction_pci() -> Result<()> {
     compaction_frees_huge_pages(Transport::Pci)
 }
 
-// Known open problem, so not part of `make test`: on virtio-mmio, compaction moves between 300
-// and 30,000 of our balloon pages from one run to the next (the C driver: ~54,000 every time) and
-// stops early. Our migrate hook is never refused its lock and every isolated page is migrated;
-// the suspect is free page reporting holding free pages so that the free scanner runs dry.
-// Run it with `cargo test --features rust-driver --test parity -- --ignored compaction_mmio`.
 #[test]
-#[ignore = "our driver on MMIO: compaction stops early in some runs (under investigation)"]
 fn compaction_mmio() -> Result<()> {
     compaction_frees_huge_pages(Transport::Mmio)
 }

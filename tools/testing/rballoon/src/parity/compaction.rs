@@ -12,6 +12,7 @@
 use super::{meminfo_mib, vmstat_field, Case};
 use crate::error::{Context, Error, Result};
 use crate::guestmem::{self, Held};
+use crate::config::VmConfig;
 use crate::scenario::{balloon_step, observe, Step};
 use crate::vm::Vm;
 use std::time::{Duration, Instant};
@@ -22,6 +23,24 @@ const HEADROOM_MIB: u64 = 96;
 /// Bound on writing the fragmenter's memory, on one balloon move, on one compaction and on the
 /// huge page allocation.
 const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The balloon for this scenario: without free page reporting. While a reporting pass holds
+/// free blocks, `compact_memory` on a virtio-mmio guest ended early in about half of the runs,
+/// for the C and the Rust driver alike (a few hundred to a few thousand balloon pages moved
+/// instead of ~55,000; without reporting, 55,000 in every run): the free scanner finds no target
+/// before the scanners meet and compact_zone() gives up on the zone. That is a property of mm,
+/// not of a balloon driver's migrate hook, which is what this scenario measures.
+pub fn configure(cfg: &mut VmConfig) {
+    if let Some(b) = cfg.balloon.as_mut() {
+        b.free_page_reporting = false;
+    }
+}
+
+/// At most this many `compact_memory` writes ...
+const MAX_COMPACT_ROUNDS: u32 = 4;
+
+/// ... each after one that migrated at least this many balloon pages (2 MiB).
+const PROGRESS_PAGES: u64 = 512;
 
 /// What one compaction run measured.
 #[derive(Clone, Debug)]
@@ -36,9 +55,11 @@ pub struct Figures {
     pub inflated: Step,
     /// `balloon_migrate` events from inflating until just before `compact_memory`.
     pub migrated_before: u64,
-    /// `balloon_migrate` events during the `compact_memory` write.
+    /// `balloon_migrate` events during the `compact_memory` writes.
     pub migrated_compact: u64,
-    /// How long the `compact_memory` write took, seconds.
+    /// How many `compact_memory` writes it took until one moved (next to) nothing.
+    pub compact_rounds: u32,
+    /// How long the `compact_memory` writes took, seconds.
     pub compact_secs: f64,
     /// The balloon after compaction.
     pub compacted: Step,
@@ -70,6 +91,7 @@ impl Figures {
             mib(&self.after_hugepages),
             self.migrated_compact.to_string(),
             self.migrated().to_string(),
+            self.compact_rounds.to_string(),
             format!("{:.1}", self.compact_secs),
             format!("{}/{}", self.hugepages, self.hugepages_asked),
             format!("{:.1}", self.hugepage_secs),
@@ -88,6 +110,7 @@ pub fn table(title: &str, runs: &[Figures]) -> String {
             "balloon after",
             "migrated (compact)",
             "migrated (all)",
+            "compactions",
             "compact s",
             "2M hugepages",
             "hugepage s",
@@ -137,15 +160,28 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
     frag.release(vm).context(&what)?;
     let m1 = balloon_migrate(vm)?;
 
+    // One `compact_memory` pass leaves work behind (pages it freed become targets only for the
+    // next one): write again while a pass still moves balloon pages, as an operator would.
     let t0 = Instant::now();
-    vm.sh_timeout("echo 1 > /proc/sys/vm/compact_memory", STEP_TIMEOUT)
-        .and_then(|(st, out)| match st {
-            0 => Ok(()),
-            _ => Err(Error::other(format!(
-                "compact_memory write failed ({st}): {out}"
-            ))),
-        })
-        .context(&what)?;
+    let mut compact_rounds = 0;
+    let mut before = m1;
+    loop {
+        compact_rounds += 1;
+        vm.sh_timeout("echo 1 > /proc/sys/vm/compact_memory", STEP_TIMEOUT)
+            .and_then(|(st, out)| match st {
+                0 => Ok(()),
+                _ => Err(Error::other(format!(
+                    "compact_memory write failed ({st}): {out}"
+                ))),
+            })
+            .context(&what)?;
+        let now = balloon_migrate(vm)?;
+        let moved = now - before;
+        before = now;
+        if moved < PROGRESS_PAGES || compact_rounds == MAX_COMPACT_ROUNDS {
+            break;
+        }
+    }
     let compact_secs = t0.elapsed().as_secs_f64();
     let m2 = balloon_migrate(vm)?;
     let compacted = observe(vm, "compaction", compact_secs)?;
@@ -187,6 +223,7 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
         inflated,
         migrated_before: m1 - m0,
         migrated_compact: m2 - m1,
+        compact_rounds,
         compact_secs,
         compacted,
         hugepages_asked,

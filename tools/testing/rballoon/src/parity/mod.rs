@@ -91,6 +91,18 @@ impl fmt::Display for Case {
 /// A VM of `mem_mib` on `transport` named after the scenario and the case, the case's driver
 /// loaded. Fails at once, saying why, if the driver was not built.
 pub fn boot(scenario: &str, transport: Transport, mem_mib: u64, case: Case) -> Result<Vm> {
+    boot_with(scenario, transport, mem_mib, case, |_| {})
+}
+
+/// [`boot`], with `tweak` applied to the VM's configuration first (e.g.
+/// [`compaction::configure`]).
+pub fn boot_with(
+    scenario: &str,
+    transport: Transport,
+    mem_mib: u64,
+    case: Case,
+    tweak: impl FnOnce(&mut VmConfig),
+) -> Result<Vm> {
     let tag = match (case.driver, case.migration) {
         (Driver::C, _) => "c",
         (Driver::Rust, true) => "rs",
@@ -100,9 +112,10 @@ pub fn boot(scenario: &str, transport: Transport, mem_mib: u64, case: Case) -> R
         Transport::Pci => "pci",
         Transport::Mmio => "mmio",
     };
-    let cfg = VmConfig::new(&format!("{scenario}-{tag}-{t}"))
+    let mut cfg = VmConfig::new(&format!("{scenario}-{tag}-{t}"))
         .transport(transport)
         .mem_mib(mem_mib);
+    tweak(&mut cfg);
     case.driver.require_built(&cfg.paths)?;
     let mut vm = Vm::boot(cfg)?;
     case.load(&mut vm)

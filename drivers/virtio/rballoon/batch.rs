@@ -187,14 +187,8 @@ impl PfnBatch {
 mod tests {
     use super::*;
 
-    const G4K: Geometry = match Geometry::new(12) {
-        Some(g) => g,
-        None => panic!(),
-    };
-    const G64K: Geometry = match Geometry::new(16) {
-        Some(g) => g,
-        None => panic!(),
-    };
+    const G4K: Geometry = Geometry::G4K;
+    const G64K: Geometry = Geometry::G64K;
 
     #[test]
     fn buffers_fit_the_free_descriptors() {

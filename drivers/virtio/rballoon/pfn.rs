@@ -62,6 +62,22 @@ impl Geometry {
         None => panic!("PAGE_SIZE cannot be expressed in virtio balloon pages"),
     };
 
+    /// Guest pages of 4 KiB, 16 KiB and 64 KiB: the geometries the KUnit suites try.
+    #[cfg(CONFIG_KUNIT = "y")]
+    pub(crate) const G4K: Self = Self::for_tests(12);
+    #[cfg(CONFIG_KUNIT = "y")]
+    pub(crate) const G16K: Self = Self::for_tests(14);
+    #[cfg(CONFIG_KUNIT = "y")]
+    pub(crate) const G64K: Self = Self::for_tests(16);
+
+    #[cfg(CONFIG_KUNIT = "y")]
+    const fn for_tests(page_shift: u32) -> Self {
+        match Self::new(page_shift) {
+            Some(g) => g,
+            None => panic!("not a valid test geometry"),
+        }
+    }
+
     /// Makes the geometry of guest pages of `1 << page_shift` bytes.
     ///
     /// Returns `None` if such a page cannot be described to the host: smaller than a balloon
@@ -205,18 +221,9 @@ impl PfnBuffer {
 mod tests {
     use super::*;
 
-    const G4K: Geometry = match Geometry::new(12) {
-        Some(g) => g,
-        None => panic!(),
-    };
-    const G16K: Geometry = match Geometry::new(14) {
-        Some(g) => g,
-        None => panic!(),
-    };
-    const G64K: Geometry = match Geometry::new(16) {
-        Some(g) => g,
-        None => panic!(),
-    };
+    const G4K: Geometry = Geometry::G4K;
+    const G16K: Geometry = Geometry::G16K;
+    const G64K: Geometry = Geometry::G64K;
 
     #[test]
     fn geometry_bounds() {

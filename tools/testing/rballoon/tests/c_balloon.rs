@@ -5,10 +5,12 @@ use rballoon_harness::scenario::{self, balloon_cycle, parse_info_balloon};
 use rballoon_harness::{Driver, Result, Transport, Vm, VmConfig};
 use std::time::Duration;
 
+// The deepest step leaves 384 MiB: the debug guest (KASAN shadow, kmemleak) has 782 MiB of
+// MemTotal in 1 GiB and cannot give 768 MiB.
 #[test]
 fn c_balloon_follows_qmp_targets_pci() -> Result<()> {
     let cfg = VmConfig::new("c-pci").mem_mib(1024);
-    balloon_cycle(cfg, Driver::C, &[768, 512, 256, 640, 1024]).map(drop)
+    balloon_cycle(cfg, Driver::C, &[768, 512, 384, 640, 1024]).map(drop)
 }
 
 #[test]

@@ -66,7 +66,9 @@ fn freeze_restore_keeps_the_balloon(t: Transport, d: Driver) -> Result<()> {
     let what = format!("{d} driver on {t:?}");
     let inflated = step_ok(balloon_step(&mut vm, "inflate", MEM_MIB / 2, MOVE_TIMEOUT)?)?;
 
-    vm.sh("echo 1 > /sys/module/suspend/parameters/pm_test_delay; echo devices > /sys/power/pm_test")?;
+    vm.sh(
+        "echo 1 > /sys/module/suspend/parameters/pm_test_delay; echo devices > /sys/power/pm_test",
+    )?;
     let t0 = Instant::now();
     let (st, out) = vm.sh_timeout("echo freeze > /sys/power/state", SUSPEND_TIMEOUT)?;
     if st != 0 {
@@ -98,7 +100,12 @@ fn freeze_restore_keeps_the_balloon(t: Transport, d: Driver) -> Result<()> {
         )));
     }
     // The queues rebuilt by restore carry both directions.
-    step_ok(balloon_step(&mut vm, "inflate more", MEM_MIB / 4, MOVE_TIMEOUT)?)?;
+    step_ok(balloon_step(
+        &mut vm,
+        "inflate more",
+        MEM_MIB / 4,
+        MOVE_TIMEOUT,
+    )?)?;
     let empty = step_ok(balloon_step(&mut vm, "deflate", MEM_MIB, MOVE_TIMEOUT)?)?;
     if empty.balloon_kb != 0 {
         return Err(Error::other(format!(

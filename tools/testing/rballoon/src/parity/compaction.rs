@@ -10,9 +10,9 @@
 //! QEMU thinks it is.
 
 use super::{meminfo_mib, vmstat_field, Case};
+use crate::config::VmConfig;
 use crate::error::{Context, Error, Result};
 use crate::guestmem::{self, Held};
-use crate::config::VmConfig;
 use crate::scenario::{balloon_step, observe, Step};
 use crate::vm::Vm;
 use std::time::{Duration, Instant};

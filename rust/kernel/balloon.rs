@@ -125,8 +125,10 @@ unsafe fn page_pfn(page: NonNull<bindings::page>) -> usize {
 ///
 /// # Invariants
 ///
-/// `self.0` points to an order-0 page returned by `balloon_page_alloc()` that this object holds
-/// the only owner reference to, that is in no balloon and whose `lru` field is unused.
+/// `self.0` points to an order-0 page returned by `balloon_page_alloc()` (directly, or back from
+/// a balloon through [`DeflatedPage::keep`]) that this object holds the owner reference to (a
+/// compaction scanner may hold a transient one of its own), that is in no balloon and whose `lru`
+/// field is unused.
 pub struct BalloonPage(NonNull<bindings::page>);
 
 // SAFETY: A page reference is not tied to the thread that allocated it; it can be enqueued or
@@ -205,6 +207,15 @@ impl DeflatedPage {
     /// Call this once the host knows the page left the balloon.
     pub fn release(self) {
         drop(self);
+    }
+
+    /// Keeps the page for the balloon instead: for a deflation the host could not be told about,
+    /// whose pages the guest must not use (`VIRTIO_BALLOON_F_MUST_TELL_HOST`). Enqueue the result
+    /// again, as `vmw_balloon` does with pages its host refused.
+    pub fn keep(self) -> BalloonPage {
+        // INVARIANT: out of any balloon list with its `lru` unused, and the balloon's reference,
+        // which moves to the `BalloonPage`, is the owner reference `balloon_page_alloc()` gave.
+        BalloonPage(ManuallyDrop::new(self).0)
     }
 }
 
@@ -1169,6 +1180,26 @@ mod tests {
         assert_eq!(b.pages(), 0);
         assert!(b.dequeue().is_none());
         assert_eq!(b.isolated_pages(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_deflation_the_host_missed_goes_back_in() -> Result {
+        let b = KBox::pin_init(
+            BalloonDevInfo::new(false, Refuse(Atomic::new(0))),
+            GFP_KERNEL,
+        )?;
+        let page = b.alloc_page().ok_or(ENOMEM)?;
+        let pfn = b.enqueue(page);
+        let page = b.dequeue().ok_or(EINVAL)?;
+        assert_eq!(b.pages(), 0);
+        // The same page, balloon-owned again: it can be enqueued, dequeued and released.
+        assert_eq!(b.enqueue(page.keep()), pfn);
+        assert_eq!(b.pages(), 1);
+        let page = b.dequeue().ok_or(EINVAL)?;
+        assert_eq!(page.pfn(), pfn);
+        page.release();
+        assert_eq!(b.pages(), 0);
         Ok(())
     }
 

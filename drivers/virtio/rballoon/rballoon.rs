@@ -54,8 +54,8 @@ use kernel::{
     page::PAGE_SHIFT,
     prelude::*,
     shrinker::Shrinker,
-    sync::{CondVar, Mutex, SpinLockIrq},
-    time::{delay::fsleep, Delta, Instant, Monotonic},
+    sync::{CondVar, CondVarTimeoutResult, Mutex, SpinLockIrq},
+    time::{delay::fsleep, msecs_to_jiffies, Delta, Instant, Monotonic},
     virtio::{self, Virtqueue, VirtqueueInfo},
 };
 
@@ -197,7 +197,15 @@ struct Inner<'b> {
     deflated: KVVec<DeflatedPage>,
     /// Balloon pages (4 KiB) the host has been told about.
     num_pages: u32,
+    /// The host let [`HOST_TIMEOUT_MS`] pass without using a request: no request is sent any
+    /// more, so nothing else waits for it, and no page leaves the balloon (see [`leak`]).
+    host_silent: bool,
 }
+
+/// How long the driver waits for the host to use an inflate or deflate request. QEMU answers in
+/// well under a millisecond, even under TCG with a debug guest; a host that takes this long is
+/// broken or hostile, and waiting longer would hang the size work, remove and freeze with it.
+const HOST_TIMEOUT_MS: u32 = 30_000;
 
 /// Which queue a request goes to.
 #[derive(Clone, Copy)]
@@ -237,7 +245,10 @@ impl Host<'_> {
 
     /// Waits until the device returns a buffer on `vq` and takes it back (the C
     /// `wait_event(vb->acked, virtqueue_get_buf(vq, &len))`).
-    fn wait_used<T>(&self, vq: &mut Virtqueue<'_, T>) -> KBox<T> {
+    ///
+    /// Only for the reporting queue, where the host holds free pages of the guest's: they must
+    /// not go back to mm before the host returns them, however long that takes.
+    fn wait_used_unbounded<T>(&self, vq: &mut Virtqueue<'_, T>) -> KBox<T> {
         loop {
             let seen = *self.acks.lock();
             if let Some((buf, _len)) = vq.get_buf() {
@@ -251,17 +262,57 @@ impl Host<'_> {
         }
     }
 
+    /// Waits at most [`HOST_TIMEOUT_MS`] until the device returns a buffer on `vq`; `None` if it
+    /// did not (the buffer then stays with the queue until the device is reset).
+    fn wait_used<T>(&self, vq: &mut Virtqueue<'_, T>) -> Option<KBox<T>> {
+        let mut left = msecs_to_jiffies(HOST_TIMEOUT_MS);
+        loop {
+            let seen = *self.acks.lock();
+            if let Some((buf, _len)) = vq.get_buf() {
+                return Some(buf);
+            }
+            if left == 0 {
+                return None;
+            }
+            // A notification after `seen` was read changes the count: no wakeup is lost.
+            let mut acks = self.acks.lock();
+            if *acks != seen {
+                continue;
+            }
+            left = match self.acked.wait_interruptible_timeout(&mut acks, left) {
+                CondVarTimeoutResult::Timeout => 0,
+                CondVarTimeoutResult::Woken { jiffies } => jiffies,
+                // Remove runs in the task that asked for it: a signal must not end the wait
+                // early, nor turn it into a busy loop.
+                CondVarTimeoutResult::Signal { jiffies } => {
+                    drop(acks);
+                    fsleep(Delta::from_millis(10));
+                    jiffies.saturating_sub(msecs_to_jiffies(10))
+                }
+            };
+        }
+    }
+
     /// Sends the PFNs in `inner.pfns` to the host and waits until it has read them (the C
     /// `tell_host()`, for a whole batch of buffers).
     ///
     /// Queues as many of the filled buffers as the queue has room for, kicks once, and waits until
-    /// the host has used every one of them; again if some did not fit. Returns once the host has
-    /// seen every PFN that could be queued, so the caller may release deflated pages.
-    fn tell_host(&self, inner: &mut Inner<'_>, dir: Direction) {
-        let Inner { queues, pfns, .. } = inner;
+    /// the host has used every one of them; again if some did not fit. Returns whether the host
+    /// used every PFN: only then may the caller release deflated pages.
+    fn tell_host(&self, inner: &mut Inner<'_>, dir: Direction) -> bool {
+        let Inner {
+            queues,
+            pfns,
+            host_silent,
+            ..
+        } = inner;
         let Some(queues) = queues.as_mut() else {
-            return;
+            return false;
         };
+        if *host_silent {
+            pfns.start(0);
+            return false;
+        }
         let vq = match dir {
             Direction::Inflate => &mut queues.inflate,
             Direction::Deflate => &mut queues.deflate,
@@ -286,25 +337,36 @@ impl Host<'_> {
             if queued != 0 {
                 vq.kick();
                 for _ in 0..queued {
-                    let buf = self.wait_used(vq);
+                    let Some(buf) = self.wait_used(vq) else {
+                        dev_err!(
+                            self.dev,
+                            "the host used no request within {} ms: no more are sent, and no page \
+                             leaves the balloon\n",
+                            HOST_TIMEOUT_MS
+                        );
+                        *host_silent = true;
+                        pfns.start(0);
+                        return false;
+                    };
                     pfns.give_back(buf);
                 }
             }
             if failed || queued == 0 {
                 // Nothing more can be sent; the next step starts afresh.
                 pfns.start(0);
-                return;
+                return false;
             }
         }
+        true
     }
 
     /// Sends the PFNs of the single guest page `pfn` on `dir`.
-    fn tell_page(&self, inner: &mut Inner<'_>, dir: Direction, pfn: usize) {
+    fn tell_page(&self, inner: &mut Inner<'_>, dir: Direction, pfn: usize) -> bool {
         inner.pfns.start(1);
         if inner.pfns.push_page(pfn).is_err() {
-            return;
+            return false;
         }
-        self.tell_host(inner, dir);
+        self.tell_host(inner, dir)
     }
 
     /// Tells the host how large the balloon is (the C `update_balloon_size()`).
@@ -371,8 +433,25 @@ fn leak(b: &Balloon<'_>, num: usize) -> usize {
     let done = pfns.len();
     // With VIRTIO_BALLOON_F_MUST_TELL_HOST the host must know before the pages are used again:
     // tell it first, release them afterwards.
-    if done != 0 {
-        b.tell_host(&mut inner, Direction::Deflate);
+    if done != 0 && !b.tell_host(&mut inner, Direction::Deflate) {
+        // Not every PFN reached the host: put every page back rather than work out which did.
+        // The host may think some of them deflated; the guest keeps them unused, which is safe
+        // either way, and `actual` stays what the guest holds.
+        let Inner {
+            deflated,
+            num_pages,
+            ..
+        } = &mut *inner;
+        let back = b.enqueue_many(core::iter::from_fn(|| {
+            deflated.pop().map(DeflatedPage::keep)
+        }));
+        *num_pages += back as u32 * PAGES_PER_PAGE;
+        dev_warn!(
+            b.dev,
+            "the host was not told of a deflation: {} pages stay in the balloon\n",
+            back
+        );
+        return 0;
     }
     while let Some(page) = inner.deflated.pop() {
         page.release();
@@ -402,6 +481,10 @@ impl BalloonMigrate for Host<'_> {
         if inner.queues.is_none() {
             return Err(EAGAIN);
         }
+        if inner.host_silent {
+            // The host could not be told: the page stays where it is.
+            return Err(EBUSY);
+        }
         self.tell_page(&mut inner, Direction::Inflate, newpage.pfn());
         self.tell_page(&mut inner, Direction::Deflate, page.pfn());
         Ok(())
@@ -428,7 +511,7 @@ impl BalloonReport for Host<'_> {
         let token = r.token.take().ok_or(EBUSY)?;
         match r
             .vq
-            .lend_inbuf_sg(pages, token, GFP_NOWAIT, |vq| b.wait_used(vq))
+            .lend_inbuf_sg(pages, token, GFP_NOWAIT, |vq| b.wait_used_unbounded(vq))
         {
             Ok(token) => {
                 r.token = Some(token);
@@ -576,6 +659,8 @@ impl<'b> RBalloon<'b> {
             *num_pages += enqueued as u32 * PAGES_PER_PAGE;
         }
         let done = pfns.len();
+        // Should the host not be told, the pages stay in the balloon all the same: the guest
+        // holds them unused and `actual` says so, which is safe whatever the host does.
         if done != 0 {
             self.balloon.tell_host(&mut inner, Direction::Inflate);
         }
@@ -678,13 +763,32 @@ impl<'b> RBalloon<'b> {
     }
 
     /// Deflates the whole balloon and reports it (the first half of the C `remove_common()`).
+    ///
+    /// Stops early if the host cannot be told: the pages left then go back to mm only when the
+    /// balloon is dropped, after the device was reset (a reset device holds no pages).
     fn deflate_all(&self) {
         loop {
-            let num = self.balloon.lock.lock().num_pages;
+            let (num, silent) = {
+                let inner = self.balloon.lock.lock();
+                (inner.num_pages, inner.host_silent)
+            };
             if num == 0 {
                 break;
             }
+            if silent {
+                dev_err!(
+                    self.dev,
+                    "{} balloon pages (4 KiB) not deflated: the host does not answer\n",
+                    num
+                );
+                break;
+            }
             if leak(&self.balloon, num as usize) == 0 {
+                if self.balloon.isolated_pages() == 0 {
+                    // Not migration: the host could not be told (see `leak`).
+                    dev_err!(self.dev, "{} balloon pages (4 KiB) not deflated\n", num);
+                    break;
+                }
                 // Every page left is isolated for migration: let the migration finish.
                 fsleep(Delta::from_millis(1));
             }
@@ -800,6 +904,7 @@ impl virtio::Driver for RBalloonDriver {
                         pfns,
                         deflated,
                         num_pages: 0,
+                        host_silent: false,
                     }),
                     acks <- new_spinlock_irq!(0),
                     acked <- new_condvar!(),

@@ -26,6 +26,9 @@ const MEM_MIB: u64 = 1024;
 /// How long the migration target stalls before reading: the window in which the guest hints.
 const STALL_SECS: u64 = 8;
 
+/// The same on the debug guest, where KASAN and page poisoning make hinting several times slower.
+const STALL_SECS_DEBUG: u64 = 40;
+
 /// Bound on the whole migration (TCG; the guest's free memory is hinted, so little is sent).
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -160,7 +163,12 @@ fn hint_during_migration(driver: Driver, t: Transport) -> Result<Figures> {
 
     // The target sleeps before it reads: QEMU's first writes fill the pipe and the migration
     // stays in progress, while the guest (still running) answers the host's hint request.
-    let uri = format!("exec:sleep {STALL_SECS}; cat > /dev/null");
+    let stall = if vm.config().paths.flavour == "debug" {
+        STALL_SECS_DEBUG
+    } else {
+        STALL_SECS
+    };
+    let uri = format!("exec:sleep {stall}; cat > /dev/null");
     let t0 = Instant::now();
     vm.qmp().execute("migrate", Some(json!({ "uri": uri })))?;
     let mut held_max = 0;

@@ -43,6 +43,13 @@ fn negotiate(append: &str, host_poison: Option<bool>, poison: bool, reporting: b
         b.page_poison = host_poison;
     }
     let mut vm = Vm::boot(cfg)?;
+    // The debug guest poisons freed pages (`page_poison=1` built into its command line): then
+    // PAGE_POISON stays whenever the host offers it.
+    let poisons = vm
+        .sh("cat /proc/cmdline")?
+        .split_whitespace()
+        .any(|w| w == "page_poison=1" || w == "page_poison=on");
+    let poison = poison || (poisons && host_poison != Some(false));
     let mut seen = Vec::new();
     for d in [Driver::C, Driver::Rust] {
         vm.load_driver(d)?;

@@ -144,6 +144,8 @@ pub(crate) struct Hinting<'b> {
     ids: Mutex<CmdIds>,
     /// The configuration changed since the command id was last read.
     changed: Atomic<bool>,
+    /// The shrinker ran during this round: take no more blocks until the next one.
+    pressure: Atomic<bool>,
     #[pin]
     stats: Scope<Counters>,
 }
@@ -165,6 +167,7 @@ impl<'b> Hinting<'b> {
             ids <- new_mutex!(CmdIds::new()),
             // Read the command id on the first run, whatever the host set before we were bound.
             changed: Atomic::new(true),
+            pressure: Atomic::new(false),
             stats <- Scope::dir(Counters::new(), c"rballoon", |c, dir| {
                 dir.read_only_file(c"hint_blocks_held", &c.held);
                 dir.read_only_file(c"hint_blocks_hinted", &c.hinted);
@@ -205,6 +208,7 @@ impl<'b> Hinting<'b> {
     /// `virtio_balloon_report_free_page()`).
     fn round(&self, ids: &mut CmdIds, id: u32) {
         ids.start(id);
+        self.pressure.store(false, Relaxed);
         self.stats.rounds.add(1, Relaxed);
         if let Err(e) = self.send_cmd_id(id) {
             dev_err!(self.dev, "Failed to send a start id, err = {:?}\n", e);
@@ -234,10 +238,14 @@ impl<'b> Hinting<'b> {
 
     /// Lends free blocks to the host while the round's id stays and blocks can be had (the C
     /// `send_free_pages()` and `get_free_page_and_send()`).
+    ///
+    /// Unlike C, stops once the shrinker has run: a block given back under memory pressure would
+    /// otherwise be the very next one taken (the allocation only needs the min watermark), and on
+    /// a small or slow guest the two go round until the OOM killer runs out of tasks.
     fn send_free_blocks(&self, ids: &mut CmdIds) -> Result {
         loop {
             self.received(ids);
-            if !ids.keep_hinting() {
+            if !ids.keep_hinting() || self.pressure.load(Relaxed) {
                 return Ok(());
             }
             // No free block left: every free block of this size is with the host.
@@ -331,6 +339,7 @@ impl Shrink for Hinting<'_> {
     /// `virtio_balloon_shrinker_scan()`): the hints stay valid, the host merely sends those pages
     /// after all if the guest writes them.
     fn scan_objects(&self, sc: &mut ShrinkControl<'_>) -> ScanResult {
+        self.pressure.store(true, Relaxed);
         let want = hint::blocks_covering(sc.nr_to_scan(), BLOCK_PAGES);
         let mut b = self.blocks.lock();
         b.reap();

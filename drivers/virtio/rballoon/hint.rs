@@ -109,6 +109,22 @@ pub(crate) const fn room_for_block(num_free: u32) -> bool {
     num_free > CMD_ID_SLOTS
 }
 
+/// Blocks lent to the host and not given back yet, at most.
+///
+/// The C driver lends blocks without bound and its shrinker frees even those the host still holds
+/// (the host only reads their addresses). Here a lent block belongs to the queue until the host
+/// gives it back, so the shrinker can free only blocks given back; without a bound, a guest that
+/// takes blocks faster than the host reads them (a TCG guest against QEMU's iothread) lends all
+/// its free memory at once, and the next allocation finds nothing to reclaim and runs the OOM
+/// killer. With the bound, at most this many blocks (32 MiB with 4 MiB blocks) are out of the
+/// shrinker's reach.
+pub(crate) const LEND_WINDOW: usize = 8;
+
+/// Whether another block may be lent while `lent` blocks are with the host.
+pub(crate) const fn may_lend(lent: usize) -> bool {
+    lent < LEND_WINDOW
+}
+
 /// The smallest number of blocks of `block_pages` pages that covers `pages` pages: what the
 /// shrinker frees when asked for `pages` (the C `shrink_free_pages()` rounds up).
 pub(crate) const fn blocks_covering(pages: usize, block_pages: usize) -> usize {
@@ -240,6 +256,14 @@ mod tests {
         assert!(!room_for_block(1));
         assert!(room_for_block(2));
         assert!(room_for_block(1024));
+    }
+
+    #[test]
+    fn the_host_holds_at_most_the_window() {
+        assert!(may_lend(0));
+        assert!(may_lend(LEND_WINDOW - 1));
+        assert!(!may_lend(LEND_WINDOW));
+        assert!(!may_lend(LEND_WINDOW + 1));
     }
 
     #[test]

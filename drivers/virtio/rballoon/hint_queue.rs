@@ -40,6 +40,12 @@ const BLOCK_PAGES: usize = 1 << BLOCK_ORDER;
 const DONE_WAIT: Delta = Delta::from_millis(1000);
 const DONE_POLL: Delta = Delta::from_millis(10);
 
+/// While the host holds [`hint::LEND_WINDOW`] blocks, how often to look whether it gave some
+/// back, and for how long before the round ends (a host that keeps them is a broken host; the
+/// blocks it holds come back at DONE or when the queue is dropped).
+const LEND_POLL: Delta = Delta::from_millis(1);
+const LEND_WAIT: Delta = Delta::from_millis(30_000);
+
 /// A buffer on the free page queue: a command id the host reads, or a block it is lent.
 pub(crate) enum HintBuf {
     /// A command id in device byte order (start or stop of a round).
@@ -242,12 +248,26 @@ impl<'b> Hinting<'b> {
     /// Unlike C, stops once the shrinker has run: a block given back under memory pressure would
     /// otherwise be the very next one taken (the allocation only needs the min watermark), and on
     /// a small or slow guest the two go round until the OOM killer runs out of tasks.
+    ///
+    /// Also unlike C, lends at most [`hint::LEND_WINDOW`] blocks the host has not given back
+    /// (see there), and waits for the host when it holds that many.
     fn send_free_blocks(&self, ids: &mut CmdIds) -> Result {
+        let mut waited = Delta::ZERO;
         loop {
             self.received(ids);
             if !ids.keep_hinting() || self.pressure.load(Relaxed) {
                 return Ok(());
             }
+            if !hint::may_lend(self.lent()) {
+                if waited >= LEND_WAIT {
+                    dev_warn!(self.dev, "The host holds every hinted block; round ends\n");
+                    return Ok(());
+                }
+                fsleep(LEND_POLL);
+                waited += LEND_POLL;
+                continue;
+            }
+            waited = Delta::ZERO;
             // No free block left: every free block of this size is with the host.
             let Some(block) = PageBlock::alloc_if_free(BLOCK_ORDER) else {
                 return Ok(());
@@ -276,6 +296,14 @@ impl<'b> Hinting<'b> {
             self.stats.hinted.add(1, Relaxed);
             self.publish(b);
         }
+    }
+
+    /// Blocks lent to the host now, after taking back those it gave back.
+    fn lent(&self) -> usize {
+        let mut b = self.blocks.lock();
+        b.reap();
+        self.publish(&b);
+        b.lent
     }
 
     /// Updates the debugfs count of held blocks.

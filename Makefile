@@ -59,7 +59,7 @@ lint: kernel
 	@$(S)/lint.sh
 
 harness-test: guest harness
-	@$(S)/timed.sh "harness tests" cargo test --release --features rust-driver --manifest-path $(HARNESS_DIR)/Cargo.toml -- --test-threads=1
+	@$(S)/timed.sh "harness tests" cargo test --release --no-fail-fast --features rust-driver --manifest-path $(HARNESS_DIR)/Cargo.toml -- --test-threads=1
 
 test:
 	@$(S)/test.sh

@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: GPL-2.0
+//! A host that misbehaves in ways QEMU can be made to, for both drivers:
+//!
+//! - a target that flips as fast as QMP takes commands (about every millisecond) between "give
+//!   nothing", "give half" and "give all but 64 MiB". The driver must follow the latest target,
+//!   never block the host or the guest, lose no page and end where the host last asked; after the
+//!   storm the guest deflates fully and must be as it was at boot: `MemTotal` unchanged,
+//!   `Balloon: 0 kB`, as many pages deflated as inflated (`/proc/vmstat`), and no splat.
+//! - a host that sits on a migration: its target does not read for a while, and a program needs
+//!   most of the guest's memory while the guest hints. The program must get it, neither killed
+//!   nor waiting for the host: the shrinker frees the blocks the host gave back, and blocks the
+//!   host still holds are few. The C driver frees even blocks still queued; the Rust one never
+//!   lends more than a small window the host has not given back (`hint::LEND_WINDOW`, 8 blocks).
+//!   Whether QEMU gives blocks back during the stall depends on where its migration thread
+//!   blocks: in some runs it held every block until the target read (the Rust driver then held 8
+//!   blocks), in others it gave them back at once (and the shrinker freed them for the program).
+//!   Before the window, a Rust guest in the first situation died of OOM (seen in CI on MMIO).
+//!
+//! Asking for more than the guest can give is `inflating_beyond_what_the_guest_can_give_backs_off`
+//! in `rust_balloon.rs`; a host that stops answering, used lengths and command ids QEMU never
+//! sends are for a device that is not QEMU.
+#![cfg(feature = "rust-driver")]
+
+use rballoon_harness::scenario::{balloon_step, Step};
+use rballoon_harness::{Driver, Error, Result, Transport, Vm, VmConfig};
+use serde_json::json;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Guest memory.
+const MEM_MIB: u64 = 1024;
+
+/// The targets the host flips between, in turn: all of it, half, all but 64 MiB.
+const FLIP_TARGETS_MIB: [u64; 4] = [MEM_MIB, MEM_MIB / 2, MEM_MIB, 64];
+
+/// How long the host flips.
+const FLIP_FOR: Duration = Duration::from_secs(10);
+
+/// Where it leaves the target, and the bound on getting there and back afterwards.
+const FINAL_MIB: u64 = MEM_MIB * 3 / 4;
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What one run measured.
+struct Figures {
+    driver: Driver,
+    transport: Transport,
+    /// `balloon` commands QEMU took.
+    commands: u64,
+    /// Inflated and deflated 4 KiB pages during the storm, from `/proc/vmstat`.
+    inflated: u64,
+    deflated: u64,
+    /// Getting to the final target, then back to nothing.
+    settle: Step,
+    empty: Step,
+}
+
+fn vmstat(vm: &mut Vm, name: &str) -> Result<u64> {
+    vm.vmstat()?
+        .get(name)
+        .copied()
+        .ok_or_else(|| Error::other(format!("/proc/vmstat has no {name}")))
+}
+
+/// Flip the target of a fresh guest running `driver`, then check it came through whole.
+fn flip(driver: Driver, transport: Transport) -> Result<Figures> {
+    let cfg = VmConfig::new(&format!("flip-{}", driver.module()))
+        .transport(transport)
+        .mem_mib(MEM_MIB);
+    let mut vm = Vm::boot(cfg)?;
+    vm.load_driver(driver)?;
+    let memtotal = vm.meminfo_kb("MemTotal")?;
+    let (in0, out0) = (
+        vmstat(&mut vm, "balloon_inflate")?,
+        vmstat(&mut vm, "balloon_deflate")?,
+    );
+
+    let t0 = Instant::now();
+    let mut commands = 0;
+    while t0.elapsed() < FLIP_FOR {
+        let target = FLIP_TARGETS_MIB[commands as usize % FLIP_TARGETS_MIB.len()];
+        vm.qmp().balloon(target << 20)?;
+        commands += 1;
+    }
+    let (in1, out1) = (
+        vmstat(&mut vm, "balloon_inflate")?,
+        vmstat(&mut vm, "balloon_deflate")?,
+    );
+    let settle = balloon_step(&mut vm, "settle", FINAL_MIB, SETTLE_TIMEOUT)?;
+    let empty = balloon_step(&mut vm, "empty", MEM_MIB, SETTLE_TIMEOUT)?;
+    let what = format!("{driver} on {transport:?} after {commands} flips");
+    settle.check().map_err(|e| e.context(&what))?;
+    empty.check().map_err(|e| e.context(&what))?;
+
+    let (in2, out2) = (
+        vmstat(&mut vm, "balloon_inflate")?,
+        vmstat(&mut vm, "balloon_deflate")?,
+    );
+    let mut problems = Vec::new();
+    if in2 - in0 != out2 - out0 {
+        problems.push(format!(
+            "{} pages inflated but {} deflated",
+            in2 - in0,
+            out2 - out0
+        ));
+    }
+    if empty.balloon_kb != 0 {
+        problems.push(format!("Balloon: {} kB once empty", empty.balloon_kb));
+    }
+    if empty.memtotal_kb != memtotal {
+        problems.push(format!(
+            "MemTotal {} kB at boot, {} kB once empty",
+            memtotal, empty.memtotal_kb
+        ));
+    }
+    // The guest still answers, promptly.
+    let (st, _) = vm.sh_timeout("true", Duration::from_secs(10))?;
+    if st != 0 {
+        problems.push(format!("the guest shell returned {st}"));
+    }
+    if !problems.is_empty() {
+        return Err(Error::other(format!("{what}: {}", problems.join("; "))));
+    }
+    vm.shutdown().map_err(|e| e.context(&what))?;
+    Ok(Figures {
+        driver,
+        transport,
+        commands,
+        inflated: in1 - in0,
+        deflated: out1 - out0,
+        settle,
+        empty,
+    })
+}
+
+fn table(runs: &[Figures]) -> String {
+    let mut s = format!(
+        "{:<6} | {:<4} | {:>8} | {:>10} | {:>10} | {:>8} | {:>8}\n",
+        "driver", "bus", "commands", "inflated", "deflated", "settle s", "empty s"
+    );
+    for f in runs {
+        s += &format!(
+            "{:<6} | {:<4} | {:>8} | {:>10} | {:>10} | {:>8.2} | {:>8.2}\n",
+            f.driver.to_string(),
+            format!("{:?}", f.transport),
+            f.commands,
+            f.inflated,
+            f.deflated,
+            f.settle.secs,
+            f.empty.secs
+        );
+    }
+    s
+}
+
+fn both_drivers_flip(transport: Transport) -> Result<()> {
+    Driver::Rust.require_built(&VmConfig::new("check").paths)?;
+    let runs = vec![flip(Driver::C, transport)?, flip(Driver::Rust, transport)?];
+    eprintln!(
+        "target flipping every command for {FLIP_FOR:?}:\n{}",
+        table(&runs)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_target_that_flips_every_millisecond_pci() -> Result<()> {
+    both_drivers_flip(Transport::Pci)
+}
+
+#[test]
+fn a_target_that_flips_every_millisecond_mmio() -> Result<()> {
+    both_drivers_flip(Transport::Mmio)
+}
+
+/// How long the migration target waits before it reads.
+const HOLD_SECS: u64 = 20;
+
+/// What the program asks for while the host holds the blocks, MiB: most of the guest's free
+/// memory (~970 MiB after boot).
+const HOG_MIB: u64 = 700;
+
+/// What one run of the held-blocks case saw.
+struct Held {
+    driver: Driver,
+    /// `MemFree` before the migration, and lowest while the host held the blocks, MiB.
+    free_mib: u64,
+    free_min_mib: u64,
+    /// How long the program took to write its memory.
+    hog: Duration,
+    /// Blocks the Rust driver held (lent or kept) when the program started.
+    held_at_hog: Option<u64>,
+}
+
+fn meminfo_mib(vm: &mut Vm, field: &str) -> Result<u64> {
+    Ok(vm.meminfo_kb(field)? >> 10)
+}
+
+fn debugfs(vm: &mut Vm, name: &str) -> Result<u64> {
+    let out = vm.sh(&format!("cat /sys/kernel/debug/rballoon/{name}"))?;
+    out.trim()
+        .parse()
+        .map_err(|e| Error::other(format!("rballoon/{name} holds {out:?}: {e}")))
+}
+
+/// Migrate a guest running `driver` to a target that holds the stream, run a memory hog while
+/// the host holds what it was lent, then let the migration finish and check everything is back.
+fn host_holds_hint_blocks(driver: Driver, transport: Transport) -> Result<Held> {
+    let mut cfg = VmConfig::new(&format!("hold-{}", driver.module()))
+        .transport(transport)
+        .mem_mib(MEM_MIB);
+    if let Some(b) = cfg.balloon.as_mut() {
+        b.free_page_hint = true;
+        b.free_page_reporting = false;
+    }
+    let mut vm = Vm::boot(cfg)?;
+    vm.load_driver(driver)?;
+    let rust = driver == Driver::Rust;
+    let what = format!("{driver} on {transport:?}, host sitting on a migration");
+    sleep(Duration::from_secs(1));
+    let free_mib = meminfo_mib(&mut vm, "MemFree")?;
+
+    let uri = format!("exec:sleep {HOLD_SECS}; cat > /dev/null");
+    let t0 = Instant::now();
+    vm.qmp().execute("migrate", Some(json!({ "uri": uri })))?;
+    // Let the guest hint what it will while the host holds the stream.
+    sleep(Duration::from_secs(2));
+    let mut free_min_mib = meminfo_mib(&mut vm, "MemFree")?;
+    let held_at_hog = if rust {
+        Some(debugfs(&mut vm, "hint_blocks_held")?)
+    } else {
+        None
+    };
+    let t1 = Instant::now();
+    let (st, out) = vm.sh_timeout(
+        &format!("rbbench hog {HOG_MIB}"),
+        Duration::from_secs(HOLD_SECS),
+    )?;
+    let hog = t1.elapsed();
+    if st != 0 {
+        return Err(Error::other(format!(
+            "{what}: `rbbench hog {HOG_MIB}` exited {st} (137: killed by the OOM killer): {}",
+            out.trim()
+        )));
+    }
+    if t0.elapsed() >= Duration::from_secs(HOLD_SECS) {
+        return Err(Error::other(format!(
+            "{what}: the hog ended after the target started reading; the case proves nothing"
+        )));
+    }
+    free_min_mib = free_min_mib.min(meminfo_mib(&mut vm, "MemFree")?);
+
+    // The target reads, the migration completes, `cont` delivers DONE: every block comes back.
+    loop {
+        let r = vm.qmp().execute("query-migrate", None)?;
+        match r["status"].as_str().unwrap_or("none") {
+            "completed" => break,
+            s @ ("failed" | "cancelled") => {
+                return Err(Error::other(format!("{what}: migration {s}: {r}")))
+            }
+            _ if t0.elapsed() > Duration::from_secs(HOLD_SECS + 120) => {
+                return Err(Error::other(format!("{what}: migration not done: {r}")))
+            }
+            _ => sleep(Duration::from_millis(250)),
+        }
+    }
+    vm.qmp().execute("cont", None)?;
+    let t2 = Instant::now();
+    loop {
+        let free = meminfo_mib(&mut vm, "MemFree")?;
+        let held = if rust {
+            debugfs(&mut vm, "hint_blocks_held")?
+        } else {
+            0
+        };
+        if free + 64 >= free_mib && held == 0 {
+            break;
+        }
+        if t2.elapsed() > Duration::from_secs(60) {
+            return Err(Error::other(format!(
+                "{what}: after DONE MemFree {free} MiB (was {free_mib}), {held} blocks held"
+            )));
+        }
+        sleep(Duration::from_millis(250));
+    }
+    vm.shutdown().map_err(|e| e.context(&what))?;
+    Ok(Held {
+        driver,
+        free_mib,
+        free_min_mib,
+        hog,
+        held_at_hog,
+    })
+}
+
+#[test]
+fn a_host_sitting_on_a_migration_starves_nobody() -> Result<()> {
+    Driver::Rust.require_built(&VmConfig::new("check").paths)?;
+    let mut rows = String::new();
+    for d in [Driver::C, Driver::Rust] {
+        let h = host_holds_hint_blocks(d, Transport::Mmio)?;
+        rows += &format!(
+            "{:<6} | {:>8} | {:>8} | {:>7.2} | {:>8}\n",
+            h.driver.to_string(),
+            h.free_mib,
+            h.free_min_mib,
+            h.hog.as_secs_f64(),
+            h.held_at_hog.map_or("-".into(), |n| n.to_string())
+        );
+    }
+    eprintln!(
+        "host sitting on a migration, {HOG_MIB} MiB hog:\n{:<6} | {:>8} | {:>8} | {:>7} | {:>8}\n{rows}",
+        "driver", "free MiB", "min MiB", "hog s", "held"
+    );
+    Ok(())
+}

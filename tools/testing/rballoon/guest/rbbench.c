@@ -5,8 +5,6 @@
  *   rbbench touch MIB   write every page of MIB MiB of anonymous memory, then exit (the pages go
  *                       back to the guest's free lists, but the host has had to back them)
  *   rbbench hold MIB    write MIB MiB, print "ready", then sleep until killed
- *   rbbench frag MIB    write MIB MiB, unmap every other 64 KiB of it, print "ready", then sleep
- *                       until killed: every 2 MiB block is left half used, half free
  *   rbbench hog MIB     write MIB MiB as fast as possible and exit; under memory pressure this is
  *                       what waits for the balloon to deflate
  *
@@ -22,12 +20,6 @@
 #include <unistd.h>
 
 #define PAGE 4096UL
-/*
- * The fragmenter's grain. The guest kernel has no madvise() (tinyconfig leaves ADVISE_SYSCALLS
- * off), so holes are punched with munmap(), one VMA each: 64 KiB keeps a 4 GiB guest well under
- * vm.max_map_count.
- */
-#define GRAIN (16 * PAGE)
 
 static double now_ms(void)
 {
@@ -38,7 +30,7 @@ static double now_ms(void)
 }
 
 /* Map and write `bytes`; one store per page is enough for the host to have to back it. */
-static char *write_pages(size_t bytes)
+static void write_pages(size_t bytes)
 {
 	char *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
 		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -49,7 +41,6 @@ static char *write_pages(size_t bytes)
 	}
 	for (size_t off = 0; off < bytes; off += PAGE)
 		p[off] = (char)(off / PAGE) | 1;
-	return p;
 }
 
 static void wait_for_kill(void)
@@ -62,7 +53,7 @@ static void wait_for_kill(void)
 
 static int usage(void)
 {
-	fprintf(stderr, "usage: rbbench touch|hold|frag|hog MIB\n");
+	fprintf(stderr, "usage: rbbench touch|hold|hog MIB\n");
 	return 1;
 }
 
@@ -72,7 +63,7 @@ int main(int argc, char **argv)
 	unsigned long mib;
 	size_t bytes;
 	double t0, ms;
-	char *end, *p;
+	char *end;
 
 	if (argc != 3)
 		return usage();
@@ -82,25 +73,16 @@ int main(int argc, char **argv)
 		return usage();
 	bytes = (size_t)mib << 20;
 
-	if (strcmp(cmd, "touch") && strcmp(cmd, "hold") && strcmp(cmd, "frag") &&
-	    strcmp(cmd, "hog"))
+	if (strcmp(cmd, "touch") && strcmp(cmd, "hold") && strcmp(cmd, "hog"))
 		return usage();
 
 	t0 = now_ms();
-	p = write_pages(bytes);
-	if (!strcmp(cmd, "frag")) {
-		for (size_t off = GRAIN; off < bytes; off += 2 * GRAIN) {
-			if (munmap(p + off, GRAIN)) {
-				fprintf(stderr, "rbbench: munmap: %s\n", strerror(errno));
-				return 2;
-			}
-		}
-	}
+	write_pages(bytes);
 	ms = now_ms() - t0;
 	printf("%s mib=%lu ms=%.1f\n", cmd, mib, ms);
 	fflush(stdout);
 
-	if (!strcmp(cmd, "hold") || !strcmp(cmd, "frag"))
+	if (!strcmp(cmd, "hold"))
 		wait_for_kill();
 	return 0;
 }

@@ -13,6 +13,7 @@
 #include <linux/mmzone.h>
 #include <linux/scatterlist.h>
 #include <linux/stddef.h>
+#include <linux/swap.h>
 #include <linux/vmstat.h>
 
 __rust_helper void rust_helper_balloon_devinfo_init(struct balloon_dev_info *balloon)
@@ -23,6 +24,34 @@ __rust_helper void rust_helper_balloon_devinfo_init(struct balloon_dev_info *bal
 __rust_helper unsigned long rust_helper_balloon_page_to_pfn(struct page *page)
 {
 	return page_to_pfn(page);
+}
+
+/*
+ * A free block of 2^order pages for the balloon, split into order-0 pages, if
+ * the page allocator has one at hand: balloon_page_alloc()'s flags without
+ * reclaim, since a balloon that finds no free block takes single pages instead
+ * of compacting for one.
+ *
+ * Only while free memory stays above the watermarks (totalreserve_pages) by
+ * two blocks: an allocation that may not reclaim goes down to the min
+ * watermark, below which the single pages that follow would find the free
+ * lists short and pages freed to the per-cpu lists out of reach (seen: 219 MiB
+ * on one CPU's list after a process exited, and inflation stalled 64 MiB short
+ * of a target the C driver reached). The last of free memory is left to
+ * balloon_page_alloc(), which reclaims (and drains those lists) as C does.
+ */
+__rust_helper struct page *rust_helper_balloon_block_alloc(unsigned int order)
+{
+	gfp_t gfp = __GFP_NOMEMALLOC | __GFP_NORETRY | __GFP_NOWARN;
+	struct page *page;
+
+	if (global_zone_page_state(NR_FREE_PAGES) < totalreserve_pages + (2UL << order))
+		return NULL;
+	gfp |= IS_ENABLED(CONFIG_BALLOON_MIGRATION) ? GFP_HIGHUSER_MOVABLE : GFP_HIGHUSER;
+	page = alloc_pages(gfp & ~__GFP_RECLAIM, order);
+	if (page)
+		split_page(page, order);
+	return page;
 }
 
 /* Drops the balloon's reference, as release_pages_balloon() does in C. */

@@ -25,6 +25,9 @@
 //!   - [`BalloonDevInfo::pages`] (guest pages in the balloon, isolated ones included),
 //!     [`BalloonDevInfo::isolated_pages`] (racy snapshot).
 //! - [`BalloonPage`]: allocated, not in the balloon yet; dropping it frees it. `pfn()`.
+//! - [`BalloonBlock`]: `alloc_if_free(order)` takes a whole free block of `2^order` pages (no
+//!   reclaim) split into order-0 pages, handed out in frame order as [`BalloonPage`]s by its
+//!   `Iterator`; the pages not taken are freed on drop. [`BalloonBlock::HUGE_ORDER`]: 2 MiB.
 //! - [`DeflatedPage`]: taken out of the balloon. Tell the host first, then
 //!   [`DeflatedPage::release`] it to the page allocator (dropping releases it too). `pfn()`.
 //! - [`BalloonMigrate`]`::migrate(&self, newpage, page, mode) -> Result` with [`MigratingPage`]
@@ -125,8 +128,8 @@ unsafe fn page_pfn(page: NonNull<bindings::page>) -> usize {
 ///
 /// # Invariants
 ///
-/// `self.0` points to an order-0 page returned by `balloon_page_alloc()` (directly, or back from
-/// a balloon through [`DeflatedPage::keep`]) that this object holds the owner reference to (a
+/// `self.0` points to an order-0 page returned by `balloon_page_alloc()` or split from a
+/// [`BalloonBlock`] (directly, or back from a balloon through [`DeflatedPage::keep`]) that this object holds the owner reference to (a
 /// compaction scanner may hold a transient one of its own), that is in no balloon and whose `lru`
 /// field is unused.
 pub struct BalloonPage(NonNull<bindings::page>);
@@ -168,6 +171,95 @@ impl Drop for BalloonPage {
         // SAFETY: By the type invariant, this object holds the only owner reference to the page,
         // and it is not in any balloon.
         unsafe { bindings::balloon_put_page(self.0.as_ptr()) };
+    }
+}
+
+/// A whole block of `2^order` contiguous pages taken for the balloon, split into order-0 pages.
+///
+/// A balloon that takes a 2 MiB block when one is free, rather than 512 scattered pages, lets a
+/// host backed by huge pages free a whole host page, and leaves the guest's other 2 MiB blocks
+/// intact. The block is split at once (`split_page()`): every page is an ordinary balloon page,
+/// enqueued, migrated and deflated on its own. The iterator hands the pages out in frame order,
+/// so that the host gets a block's frames one after the other.
+///
+/// # Invariants
+///
+/// `head` points to the first page of a block of `2^order` pages allocated with the balloon's
+/// flags and split into order-0 pages; the object holds the owner reference to each page from
+/// index `next` on (the pages before it were handed out), and none of those is in a balloon or
+/// uses its `lru`.
+pub struct BalloonBlock {
+    head: NonNull<bindings::page>,
+    order: u32,
+    next: usize,
+}
+
+// SAFETY: Page references are not tied to the thread that allocated them.
+unsafe impl Send for BalloonBlock {}
+
+impl BalloonBlock {
+    /// The order of a 2 MiB block (9 with 4 KiB pages), the size of an x86_64 huge page.
+    pub const HUGE_ORDER: u32 = 21 - bindings::PAGE_SHIFT;
+
+    /// Takes a free block of `2^order` pages for the balloon if the page allocator has one at
+    /// hand: the flags of [`BalloonPage::alloc`] without any reclaim or compaction, since a
+    /// balloon that finds no free block takes single pages instead. `None` also once free memory
+    /// is within two blocks of the watermarks (the last of it is for [`BalloonPage::alloc`],
+    /// which reclaims), and for an order beyond `MAX_PAGE_ORDER`.
+    pub fn alloc_if_free(order: u32) -> Option<Self> {
+        if order > bindings::MAX_PAGE_ORDER {
+            return None;
+        }
+        // SAFETY: `order` is within the page allocator's range; the helper has no other
+        // requirement.
+        let head = unsafe { bindings::balloon_block_alloc(order) };
+        // INVARIANT: A non-NULL result is such a block, split, and owned by the caller.
+        NonNull::new(head).map(|head| Self {
+            head,
+            order,
+            next: 0,
+        })
+    }
+
+    /// How many pages the block had.
+    pub fn pages(&self) -> usize {
+        1 << self.order
+    }
+
+    fn page(&self, index: usize) -> NonNull<bindings::page> {
+        // SAFETY: `index` is within the block (callers check against `pages()`), and the page
+        // descriptors of a buddy block are contiguous in the memory map.
+        unsafe { self.head.add(index) }
+    }
+}
+
+impl Iterator for BalloonBlock {
+    type Item = BalloonPage;
+
+    fn next(&mut self) -> Option<BalloonPage> {
+        if self.next == self.pages() {
+            return None;
+        }
+        let page = self.page(self.next);
+        self.next += 1;
+        // INVARIANT: An order-0 page of the split block whose owner reference moves from the
+        // block to the `BalloonPage`; it is in no balloon and its `lru` is unused.
+        Some(BalloonPage(page))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.pages() - self.next;
+        (left, Some(left))
+    }
+}
+
+impl Drop for BalloonBlock {
+    fn drop(&mut self) {
+        for i in self.next..self.pages() {
+            // SAFETY: By the type invariant, the block holds the owner reference to every page
+            // from `next` on, and none is in a balloon.
+            unsafe { bindings::balloon_put_page(self.page(i).as_ptr()) };
+        }
     }
 }
 
@@ -1200,6 +1292,53 @@ mod tests {
         assert_eq!(page.pfn(), pfn);
         page.release();
         assert_eq!(b.pages(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_block_is_enqueued_page_by_page_in_frame_order() -> Result {
+        let b = KBox::pin_init(
+            BalloonDevInfo::new(false, Refuse(Atomic::new(0))),
+            GFP_KERNEL,
+        )?;
+        assert!(BalloonBlock::alloc_if_free(bindings::MAX_PAGE_ORDER + 1).is_none());
+        // A KUnit guest has free 2 MiB blocks right after boot; should it have none, the
+        // balloon would take single pages, which the other tests cover.
+        let Some(block) = BalloonBlock::alloc_if_free(BalloonBlock::HUGE_ORDER) else {
+            return Ok(());
+        };
+        let n = block.pages();
+        assert_eq!(n, 1 << BalloonBlock::HUGE_ORDER);
+        let mut first = None;
+        let mut expect = 0;
+        let enqueued = b.enqueue_many(block.inspect(|page| {
+            let pfn = page.pfn();
+            let base = *first.get_or_insert(pfn);
+            assert_eq!(pfn, base + expect);
+            expect += 1;
+        }));
+        assert_eq!(enqueued, n);
+        assert_eq!(b.pages(), n);
+        let base = first.ok_or(EINVAL)?;
+        // Naturally aligned, as the page allocator hands out blocks.
+        assert_eq!(base % n, 0);
+        // Every page leaves the balloon on its own.
+        assert_eq!(b.dequeue_many(n, DeflatedPage::release), n);
+        assert_eq!(b.pages(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_block_frees_the_pages_not_taken() -> Result {
+        let Some(mut block) = BalloonBlock::alloc_if_free(2) else {
+            return Ok(());
+        };
+        let page = block.next().ok_or(EINVAL)?;
+        assert_eq!(block.size_hint(), (3, Some(3)));
+        // One page on its own, the other three with the block: nothing leaks (kmemleak and the
+        // debug guest's page checks would see it), nothing is freed twice.
+        drop(page);
+        drop(block);
         Ok(())
     }
 

@@ -45,8 +45,8 @@
 use kernel::{
     alloc::flags::GFP_NOWAIT,
     balloon::{
-        self, stats::MemStats, BalloonDevInfo, BalloonMigrate, BalloonOom, BalloonPage,
-        BalloonReport, DeflatedPage, MigrateMode, MigratingPage, ReportedPages,
+        self, stats::MemStats, BalloonBlock, BalloonDevInfo, BalloonMigrate, BalloonOom,
+        BalloonPage, BalloonReport, DeflatedPage, MigrateMode, MigratingPage, ReportedPages,
     },
     bindings,
     device::{Bound, Core},
@@ -92,6 +92,11 @@ const WAKEUP_SIGNAL_STATS: u32 = 1 << 1;
 
 /// Guest pages in one full request buffer.
 const MAX_GUEST_PAGES: usize = VIRTIO_BALLOON_ARRAY_PFNS_MAX / PAGES_PER_PAGE as usize;
+
+/// Guest pages in a 2 MiB block, which inflation takes whole while the page allocator has free
+/// ones (module parameter `blocks`): a host backed by huge pages can then free a whole host page,
+/// and the guest keeps its other 2 MiB blocks intact.
+const BLOCK_PAGES: usize = 1 << BalloonBlock::HUGE_ORDER;
 
 /// Guest pages in one full step (a batch of full request buffers).
 const STEP_GUEST_PAGES: usize = STEP_PFNS_MAX / PAGES_PER_PAGE as usize;
@@ -613,7 +618,21 @@ impl<'b> RBalloon<'b> {
             .min(STEP_PFNS_MAX)
             .div_ceil(PAGES_PER_PAGE as usize)
             .min(pages.capacity());
+        let mut blocks = module_parameters::blocks.value();
         while pages.len() < wanted {
+            // A whole 2 MiB block while the step has room for one and the page allocator has
+            // one free; single pages once it has none.
+            if blocks && wanted - pages.len() >= BLOCK_PAGES {
+                if let Some(block) = BalloonBlock::alloc_if_free(BalloonBlock::HUGE_ORDER) {
+                    for page in block {
+                        // Cannot fail: the step has room for the block. Were it to, the page
+                        // would just be freed.
+                        let _ = pages.push_within_capacity(page);
+                    }
+                    continue;
+                }
+                blocks = false;
+            }
             let Some(page) = self.balloon.alloc_page() else {
                 if self.puff.lock().allow() {
                     dev_info!(
@@ -643,14 +662,17 @@ impl<'b> RBalloon<'b> {
         } = &mut *inner;
         pfns.start(MAX_BUFFERS_IN_FLIGHT);
         // One request buffer's worth per call into the balloon core, which holds its page list
-        // lock with interrupts off while it puts the pages in.
-        while !pages.is_empty() {
+        // lock with interrupts off while it puts the pages in. In the order allocated, so that a
+        // block's frames reach the host one after the other, in whole buffers (blocks come
+        // first, and a buffer holds half of one).
+        let mut allocated = pages.drain_all().peekable();
+        while allocated.peek().is_some() {
             let mut chunk = 0;
             let enqueued = self.balloon.enqueue_many(core::iter::from_fn(|| {
                 if chunk == MAX_GUEST_PAGES {
                     return None;
                 }
-                let page = pages.pop()?;
+                let page = allocated.next()?;
                 // Cannot fail: at most one step's worth of pages was allocated.
                 let _ = pfns.push_page(page.pfn());
                 chunk += 1;
@@ -1041,6 +1063,10 @@ kernel::module_virtio_driver! {
         migration: bool {
             default: true,
             description: "Let compaction migrate inflated pages (0: refuse, they stay where they are)",
+        },
+        blocks: bool {
+            default: true,
+            description: "Inflate by whole free 2 MiB blocks first (0: single pages only, as C)",
         },
     },
 }

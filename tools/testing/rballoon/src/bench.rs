@@ -344,9 +344,10 @@ pub fn markdown(res: &Results) -> String {
          Workloads: 1 the balloon inflates until the guest keeps 1/8 of its memory and deflates \
          back, timed from the QMP `balloon` command to `query-balloon` reporting the target, on \
          memory never touched and on memory the guest wrote just before; 2 the guest's busy CPU \
-         time (/proc/stat) over those moves; 3 a quarter of the guest ballooned into fragmented \
-         memory, fragmenter freed, `compact_memory`, then `nr_hugepages` as large as the kernel \
-         gives; 4 the guest writes a quarter of its memory and frees it, QEMU's VmRSS sampled \
+         time (/proc/stat) over those moves; 3 on a 1 GiB guest per driver case, a program writes \
+         all free memory but 96 MiB and frees one page in two, the balloon inflates into the \
+         holes, the program exits, `compact_memory` (again while a pass moves balloon pages), \
+         then `nr_hugepages` as many as fit; 4 the guest writes a quarter of its memory and frees it, QEMU's VmRSS sampled \
          every 100 ms until 90% of the growth is gone (separate VM with free-page-reporting=on); \
          5 with the guest kept at 1/8, a process writes a quarter of the guest's memory and gets \
          it only as the balloon deflates on OOM.\n",

@@ -109,6 +109,23 @@ impl Action {
         Action::Target
     }
 
+    /// Every action that can run, once each, in an order drawn from `rng`: how a run starts, so
+    /// that even a short run on the slow debug guest (about a dozen actions) does each kind at
+    /// least once before the weights take over.
+    pub fn deck(rng: &mut Rng, fail_alloc: bool) -> Vec<Action> {
+        let mut deck: Vec<Action> = Self::WEIGHTS
+            .iter()
+            .map(|(a, _)| *a)
+            .filter(|a| *a != Action::FailAlloc || fail_alloc)
+            .collect();
+        // Fisher-Yates.
+        for i in (1..deck.len()).rev() {
+            let j = rng.range(0, i as u64) as usize;
+            deck.swap(i, j);
+        }
+        deck
+    }
+
     /// The name in the report.
     pub fn name(self) -> &'static str {
         match self {
@@ -253,8 +270,13 @@ impl<'a> Stress<'a> {
     fn random_phase(&mut self) -> Result<()> {
         let t0 = Instant::now();
         let end = Duration::from_secs(self.o.seconds);
+        let mut deck = Action::deck(&mut self.rng, self.fail.is_some());
+        deck.reverse();
         while t0.elapsed() < end {
-            let a = Action::pick(&mut self.rng, self.fail.is_some());
+            let a = match deck.pop() {
+                Some(a) => a,
+                None => Action::pick(&mut self.rng, self.fail.is_some()),
+            };
             eprintln!(
                 "stress: {:>5.0} s  {}",
                 t0.elapsed().as_secs_f64(),
@@ -537,5 +559,25 @@ mod tests {
         }
         assert_eq!(seen.len(), 5);
         assert!((0..2000).any(|_| Action::pick(&mut rng, true) == Action::FailAlloc));
+    }
+
+    #[test]
+    fn a_run_starts_with_every_action_once() {
+        for seed in 0..50 {
+            let mut rng = Rng::new(seed);
+            let mut with_fail = Action::deck(&mut rng, true);
+            assert_eq!(with_fail.len(), 6);
+            with_fail.sort();
+            with_fail.dedup();
+            assert_eq!(with_fail.len(), 6, "seed {seed}");
+            let without = Action::deck(&mut rng, false);
+            assert_eq!(without.len(), 5);
+            assert!(!without.contains(&Action::FailAlloc));
+        }
+        // The order depends on the seed.
+        let decks: std::collections::BTreeSet<_> = (0..20)
+            .map(|seed| Action::deck(&mut Rng::new(seed), true))
+            .collect();
+        assert!(decks.len() > 1);
     }
 }

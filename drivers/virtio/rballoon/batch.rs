@@ -4,9 +4,10 @@
 //!
 //! Some hosts (Firecracker, cloud-hypervisor) ignore a request of more than
 //! [`VIRTIO_BALLOON_ARRAY_PFNS_MAX`] PFNs, so every buffer stays a [`PfnBuffer`] of at most 256.
-//! What makes a step cheaper than the C driver's is that it fills several of them, queues them
-//! all, kicks the device once and waits once until it has used all of them: one notification, one
-//! interrupt, one wakeup of the size work, one `actual` update per step instead of per buffer.
+//! What makes a step cheaper than the C driver's is that it fills several of them, queues them as
+//! they fill, a few at a time, and waits once until the host has used all of them: the host works
+//! while the guest fills, and there is one wakeup of the size work and one `actual` update per step
+//! instead of per buffer.
 //!
 //! API summary (pure logic, no `unsafe`, no device):
 //!
@@ -149,6 +150,11 @@ impl PfnBatch {
     /// Number of balloon PFNs (4 KiB balloon pages) in the step's buffers.
     pub(crate) fn len(&self) -> usize {
         self.filled.iter().map(|b| b.len()).sum()
+    }
+
+    /// Number of empty buffers, ready to be filled.
+    pub(crate) fn spare(&self) -> usize {
+        self.spare.len()
     }
 
     /// Number of buffers holding PFNs, i.e. still to be sent.

@@ -98,6 +98,10 @@ const MAX_GUEST_PAGES: usize = VIRTIO_BALLOON_ARRAY_PFNS_MAX / PAGES_PER_PAGE as
 /// and the guest keeps its other 2 MiB blocks intact.
 const BLOCK_PAGES: usize = 1 << BalloonBlock::HUGE_ORDER;
 
+/// Full buffers sent together while a step goes on: the host reads them while the next ones are
+/// filled. One at a time made the host notify (and the guest take an interrupt) per buffer.
+const SEND_BUFFERS: usize = 4;
+
 /// Guest pages in one full step (a batch of full request buffers).
 const STEP_GUEST_PAGES: usize = STEP_PFNS_MAX / PAGES_PER_PAGE as usize;
 
@@ -198,6 +202,8 @@ struct Inner<'b> {
     queues: Option<Queues<'b>>,
     /// The request buffers; all of them are here but while the host holds some.
     pfns: PfnBatch,
+    /// Buffers queued on the inflate or deflate queue and not used yet (see [`Host::send`]).
+    in_flight: usize,
     /// Pages being deflated, kept until the host was told. Preallocated for a full step.
     deflated: KVVec<DeflatedPage>,
     /// Balloon pages (4 KiB) the host has been told about.
@@ -298,71 +304,126 @@ impl Host<'_> {
         }
     }
 
-    /// Sends the PFNs in `inner.pfns` to the host and waits until it has read them (the C
-    /// `tell_host()`, for a whole batch of buffers).
+    /// Queues the filled buffers of `inner.pfns` on `dir`'s queue and notifies the device,
+    /// without waiting for it: the host works on them while the caller fills the next buffer, and
+    /// [`Host::finish`] waits for them all. Waits for a used buffer only when the queue is full or
+    /// the batch would have no empty buffer left for the caller to fill.
     ///
-    /// Queues as many of the filled buffers as the queue has room for, kicks once, and waits until
-    /// the host has used every one of them; again if some did not fit. Returns whether the host
-    /// used every PFN: only then may the caller release deflated pages.
-    fn tell_host(&self, inner: &mut Inner<'_>, dir: Direction) -> bool {
+    /// Returns `false` if a request could not be queued: the device is broken, or the host went
+    /// silent (see [`Host::wait_in_flight`]). The caller must call [`Host::finish`] either way.
+    fn send(&self, inner: &mut Inner<'_>, dir: Direction) -> bool {
         let Inner {
             queues,
             pfns,
+            in_flight,
             host_silent,
             ..
         } = inner;
         let Some(queues) = queues.as_mut() else {
             return false;
         };
-        if *host_silent {
-            pfns.start(0);
-            return false;
-        }
         let vq = match dir {
             Direction::Inflate => &mut queues.inflate,
             Direction::Deflate => &mut queues.deflate,
         };
-        while pfns.filled() != 0 {
-            let room = batch::buffers_that_fit(vq.num_free());
-            let mut queued = 0;
-            let mut failed = false;
-            while queued < room {
-                let Some(buf) = pfns.take() else {
-                    break;
-                };
-                // The queue had room for this buffer, so this only fails on a broken device.
-                if let Err((e, buf)) = vq.add_outbuf(buf, GFP_KERNEL) {
-                    dev_warn!(self.dev, "cannot queue a request: {:?}\n", e);
-                    pfns.give_back(buf);
-                    failed = true;
+        let mut queued = false;
+        let mut sent = true;
+        while !*host_silent && pfns.filled() != 0 {
+            if batch::buffers_that_fit(vq.num_free()) == 0 {
+                if !self.wait_in_flight(vq, pfns, in_flight, host_silent, 1) {
+                    sent = false;
                     break;
                 }
-                queued += 1;
+                continue;
             }
-            if queued != 0 {
-                vq.kick();
-                for _ in 0..queued {
-                    let Some(buf) = self.wait_used(vq) else {
-                        dev_err!(
-                            self.dev,
-                            "the host used no request within {} ms: no more are sent, and no page \
-                             leaves the balloon\n",
-                            HOST_TIMEOUT_MS
-                        );
-                        *host_silent = true;
-                        pfns.start(0);
-                        return false;
-                    };
-                    pfns.give_back(buf);
-                }
+            let Some(buf) = pfns.take() else {
+                break;
+            };
+            // The queue had room for this buffer, so this only fails on a broken device.
+            if let Err((e, buf)) = vq.add_outbuf(buf, GFP_KERNEL) {
+                dev_warn!(self.dev, "cannot queue a request: {:?}\n", e);
+                pfns.give_back(buf);
+                sent = false;
+                break;
             }
-            if failed || queued == 0 {
-                // Nothing more can be sent; the next step starts afresh.
-                pfns.start(0);
-                return false;
-            }
+            *in_flight += 1;
+            queued = true;
+        }
+        if queued {
+            vq.kick();
+        }
+        // Keep an empty buffer for the caller's next PFNs.
+        if sent && pfns.spare() == 0 && *in_flight != 0 {
+            sent = self.wait_in_flight(vq, pfns, in_flight, host_silent, 1);
+        }
+        if *host_silent || !sent {
+            // Nothing more can be sent; the next step starts afresh.
+            pfns.start(0);
+            return false;
         }
         true
+    }
+
+    /// Waits until the host has used every buffer [`Host::send`] queued on `dir`. Returns
+    /// `false` if it went silent first.
+    fn finish(&self, inner: &mut Inner<'_>, dir: Direction) -> bool {
+        let Inner {
+            queues,
+            pfns,
+            in_flight,
+            host_silent,
+            ..
+        } = inner;
+        let Some(queues) = queues.as_mut() else {
+            return *in_flight == 0;
+        };
+        let vq = match dir {
+            Direction::Inflate => &mut queues.inflate,
+            Direction::Deflate => &mut queues.deflate,
+        };
+        let n = *in_flight;
+        self.wait_in_flight(vq, pfns, in_flight, host_silent, n)
+    }
+
+    /// Takes back `n` used buffers from `vq` into `pfns`, waiting at most [`HOST_TIMEOUT_MS`] for
+    /// each. If the host lets that pass, it is silent from then on: no request is sent any more
+    /// and the buffers it holds stay with the queue until the device is reset.
+    fn wait_in_flight(
+        &self,
+        vq: &mut Virtqueue<'_, PfnBuffer>,
+        pfns: &mut PfnBatch,
+        in_flight: &mut usize,
+        host_silent: &mut bool,
+        n: usize,
+    ) -> bool {
+        for _ in 0..n.min(*in_flight) {
+            if *host_silent {
+                return false;
+            }
+            let Some(buf) = self.wait_used(vq) else {
+                dev_err!(
+                    self.dev,
+                    "the host used no request within {} ms: no more are sent, and no page leaves \
+                     the balloon\n",
+                    HOST_TIMEOUT_MS
+                );
+                *host_silent = true;
+                return false;
+            };
+            pfns.give_back(buf);
+            *in_flight -= 1;
+        }
+        !*host_silent
+    }
+
+    /// Sends the PFNs in `inner.pfns` to the host and waits until it has read them (the C
+    /// `tell_host()`, for a whole batch of buffers). Returns whether the host used every PFN:
+    /// only then may the caller release deflated pages.
+    fn tell_host(&self, inner: &mut Inner<'_>, dir: Direction) -> bool {
+        let sent = self.send(inner, dir);
+        // Also after a failed send: what did go out must come back first.
+        let done = self.finish(inner, dir);
+        sent && done
     }
 
     /// Sends the PFNs of the single guest page `pfn` on `dir`.
@@ -406,21 +467,25 @@ fn leak(b: &Balloon<'_>, num: usize) -> usize {
     }
     // We can't release more pages than taken.
     let num = num.min(STEP_PFNS_MAX).min(inner.num_pages as usize);
-    let Inner {
-        pfns,
-        deflated,
-        num_pages,
-        ..
-    } = &mut *inner;
-    pfns.start(batch::buffers_for(num, Geometry::KERNEL));
+    inner.pfns.start(batch::buffers_for(num, Geometry::KERNEL));
     // Bounded by the room left, so that no page is ever released before the host was told.
     let mut guest_pages = num
         .div_ceil(PAGES_PER_PAGE as usize)
-        .min(deflated.capacity() - deflated.len())
-        .min(pfns.guest_page_room());
+        .min(inner.deflated.capacity() - inner.deflated.len())
+        .min(inner.pfns.guest_page_room());
     // One request buffer's worth at a time: the balloon core holds its page list lock, with
     // interrupts off, while it takes the pages out.
+    // Each buffer goes to the host as soon as it is full, so that the host reads it while the
+    // next is taken out (`Host::send`).
+    let mut done = 0;
+    let mut told = true;
     while guest_pages != 0 {
+        let Inner {
+            pfns,
+            deflated,
+            num_pages,
+            ..
+        } = &mut *inner;
         let chunk = guest_pages.min(MAX_GUEST_PAGES);
         let got = b.dequeue_many(chunk, |page| {
             // Cannot fail: there is room for `guest_pages` pages.
@@ -429,16 +494,20 @@ fn leak(b: &Balloon<'_>, num: usize) -> usize {
             // Cannot fail: there is room for `guest_pages` pages.
             let _ = deflated.push_within_capacity(page);
         });
+        done += got * PAGES_PER_PAGE as usize;
+        if inner.pfns.filled() >= SEND_BUFFERS {
+            told &= b.send(&mut inner, Direction::Deflate);
+        }
         if got < chunk {
             // The balloon is empty, or the rest is isolated for migration.
             break;
         }
         guest_pages -= chunk;
     }
-    let done = pfns.len();
     // With VIRTIO_BALLOON_F_MUST_TELL_HOST the host must know before the pages are used again:
     // tell it first, release them afterwards.
-    if done != 0 && !b.tell_host(&mut inner, Direction::Deflate) {
+    told &= b.tell_host(&mut inner, Direction::Deflate);
+    if done != 0 && !told {
         // Not every PFN reached the host: put every page back rather than work out which did.
         // The host may think some of them deflated; the guest keeps them unused, which is safe
         // either way, and `actual` stays what the guest holds.
@@ -657,16 +726,18 @@ impl<'b> RBalloon<'b> {
             pages.clear();
             return 0;
         }
-        let Inner {
-            pfns, num_pages, ..
-        } = &mut *inner;
-        pfns.start(MAX_BUFFERS_IN_FLIGHT);
+        inner.pfns.start(MAX_BUFFERS_IN_FLIGHT);
         // One request buffer's worth per call into the balloon core, which holds its page list
         // lock with interrupts off while it puts the pages in. In the order allocated, so that a
         // block's frames reach the host one after the other, in whole buffers (blocks come
-        // first, and a buffer holds half of one).
+        // first, and a buffer holds half of one). Each buffer goes to the host as soon as it is
+        // full, so that the host discards its pages while the next are put in (`Host::send`).
+        let mut done = 0;
         let mut allocated = pages.drain_all().peekable();
         while allocated.peek().is_some() {
+            let Inner {
+                pfns, num_pages, ..
+            } = &mut *inner;
             let mut chunk = 0;
             let enqueued = self.balloon.enqueue_many(core::iter::from_fn(|| {
                 if chunk == MAX_GUEST_PAGES {
@@ -679,13 +750,14 @@ impl<'b> RBalloon<'b> {
                 Some(page)
             }));
             *num_pages += enqueued as u32 * PAGES_PER_PAGE;
+            done += enqueued * PAGES_PER_PAGE as usize;
+            // Should the host not be told, the pages stay in the balloon all the same: the guest
+            // holds them unused and `actual` says so, which is safe whatever the host does.
+            if inner.pfns.filled() >= SEND_BUFFERS {
+                self.balloon.send(&mut inner, Direction::Inflate);
+            }
         }
-        let done = pfns.len();
-        // Should the host not be told, the pages stay in the balloon all the same: the guest
-        // holds them unused and `actual` says so, which is safe whatever the host does.
-        if done != 0 {
-            self.balloon.tell_host(&mut inner, Direction::Inflate);
-        }
+        self.balloon.tell_host(&mut inner, Direction::Inflate);
         done
     }
 
@@ -820,7 +892,11 @@ impl<'b> RBalloon<'b> {
 
     /// Puts freshly created queues in place.
     fn install(&self, all: AllQueues<'b>) {
-        self.balloon.lock.lock().queues = Some(all.queues);
+        let mut inner = self.balloon.lock.lock();
+        inner.queues = Some(all.queues);
+        // Whatever was in flight went with the old queues.
+        inner.in_flight = 0;
+        drop(inner);
         *self.stats.lock() = all.stats;
         *self.balloon.reporting.lock() = all.reporting;
         if let (Some(hint), Some(vq)) = (self.hint.as_ref(), all.hint) {
@@ -926,6 +1002,7 @@ impl virtio::Driver for RBalloonDriver {
                         pfns,
                         deflated,
                         num_pages: 0,
+                        in_flight: 0,
                         host_silent: false,
                     }),
                     acks <- new_spinlock_irq!(0),

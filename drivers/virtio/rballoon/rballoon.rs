@@ -213,6 +213,32 @@ struct Inner<'b> {
     host_silent: bool,
 }
 
+/// One direction's queue with the request buffers and counters that go with it, borrowed from
+/// [`Inner`] for a send or a wait.
+struct Link<'a, 'b> {
+    vq: &'a mut Virtqueue<'b, PfnBuffer>,
+    pfns: &'a mut PfnBatch,
+    in_flight: &'a mut usize,
+    host_silent: &'a mut bool,
+}
+
+impl<'b> Inner<'b> {
+    /// The queue for `dir` and what goes with it; `None` between freeze and restore.
+    fn link(&mut self, dir: Direction) -> Option<Link<'_, 'b>> {
+        let queues = self.queues.as_mut()?;
+        let vq = match dir {
+            Direction::Inflate => &mut queues.inflate,
+            Direction::Deflate => &mut queues.deflate,
+        };
+        Some(Link {
+            vq,
+            pfns: &mut self.pfns,
+            in_flight: &mut self.in_flight,
+            host_silent: &mut self.host_silent,
+        })
+    }
+}
+
 /// How long the driver waits for the host to use an inflate or deflate request. QEMU answers in
 /// well under a millisecond, even under TCG with a debug guest; a host that takes this long is
 /// broken or hostile, and waiting longer would hang the size work, remove and freeze with it.
@@ -312,53 +338,42 @@ impl Host<'_> {
     /// Returns `false` if a request could not be queued: the device is broken, or the host went
     /// silent (see [`Host::wait_in_flight`]). The caller must call [`Host::finish`] either way.
     fn send(&self, inner: &mut Inner<'_>, dir: Direction) -> bool {
-        let Inner {
-            queues,
-            pfns,
-            in_flight,
-            host_silent,
-            ..
-        } = inner;
-        let Some(queues) = queues.as_mut() else {
+        let Some(mut l) = inner.link(dir) else {
             return false;
-        };
-        let vq = match dir {
-            Direction::Inflate => &mut queues.inflate,
-            Direction::Deflate => &mut queues.deflate,
         };
         let mut queued = false;
         let mut sent = true;
-        while !*host_silent && pfns.filled() != 0 {
-            if batch::buffers_that_fit(vq.num_free()) == 0 {
-                if !self.wait_in_flight(vq, pfns, in_flight, host_silent, 1) {
+        while !*l.host_silent && l.pfns.filled() != 0 {
+            if batch::buffers_that_fit(l.vq.num_free()) == 0 {
+                if !self.wait_in_flight(&mut l, 1) {
                     sent = false;
                     break;
                 }
                 continue;
             }
-            let Some(buf) = pfns.take() else {
+            let Some(buf) = l.pfns.take() else {
                 break;
             };
             // The queue had room for this buffer, so this only fails on a broken device.
-            if let Err((e, buf)) = vq.add_outbuf(buf, GFP_KERNEL) {
+            if let Err((e, buf)) = l.vq.add_outbuf(buf, GFP_KERNEL) {
                 dev_warn!(self.dev, "cannot queue a request: {:?}\n", e);
-                pfns.give_back(buf);
+                l.pfns.give_back(buf);
                 sent = false;
                 break;
             }
-            *in_flight += 1;
+            *l.in_flight += 1;
             queued = true;
         }
         if queued {
-            vq.kick();
+            l.vq.kick();
         }
         // Keep an empty buffer for the caller's next PFNs.
-        if sent && pfns.spare() == 0 && *in_flight != 0 {
-            sent = self.wait_in_flight(vq, pfns, in_flight, host_silent, 1);
+        if sent && l.pfns.spare() == 0 && *l.in_flight != 0 {
+            sent = self.wait_in_flight(&mut l, 1);
         }
-        if *host_silent || !sent {
+        if *l.host_silent || !sent {
             // Nothing more can be sent; the next step starts afresh.
-            pfns.start(0);
+            l.pfns.start(0);
             return false;
         }
         true
@@ -367,53 +382,37 @@ impl Host<'_> {
     /// Waits until the host has used every buffer [`Host::send`] queued on `dir`. Returns
     /// `false` if it went silent first.
     fn finish(&self, inner: &mut Inner<'_>, dir: Direction) -> bool {
-        let Inner {
-            queues,
-            pfns,
-            in_flight,
-            host_silent,
-            ..
-        } = inner;
-        let Some(queues) = queues.as_mut() else {
-            return *in_flight == 0;
-        };
-        let vq = match dir {
-            Direction::Inflate => &mut queues.inflate,
-            Direction::Deflate => &mut queues.deflate,
-        };
-        let n = *in_flight;
-        self.wait_in_flight(vq, pfns, in_flight, host_silent, n)
+        match inner.link(dir) {
+            Some(mut l) => {
+                let n = *l.in_flight;
+                self.wait_in_flight(&mut l, n)
+            }
+            None => inner.in_flight == 0,
+        }
     }
 
-    /// Takes back `n` used buffers from `vq` into `pfns`, waiting at most [`HOST_TIMEOUT_MS`] for
-    /// each. If the host lets that pass, it is silent from then on: no request is sent any more
-    /// and the buffers it holds stay with the queue until the device is reset.
-    fn wait_in_flight(
-        &self,
-        vq: &mut Virtqueue<'_, PfnBuffer>,
-        pfns: &mut PfnBatch,
-        in_flight: &mut usize,
-        host_silent: &mut bool,
-        n: usize,
-    ) -> bool {
-        for _ in 0..n.min(*in_flight) {
-            if *host_silent {
+    /// Takes back `n` used buffers from the queue, waiting at most [`HOST_TIMEOUT_MS`] for each.
+    /// If the host lets that pass, it is silent from then on: no request is sent any more and the
+    /// buffers it holds stay with the queue until the device is reset.
+    fn wait_in_flight(&self, l: &mut Link<'_, '_>, n: usize) -> bool {
+        for _ in 0..n.min(*l.in_flight) {
+            if *l.host_silent {
                 return false;
             }
-            let Some(buf) = self.wait_used(vq) else {
+            let Some(buf) = self.wait_used(l.vq) else {
                 dev_err!(
                     self.dev,
                     "the host used no request within {} ms: no more are sent, and no page leaves \
                      the balloon\n",
                     HOST_TIMEOUT_MS
                 );
-                *host_silent = true;
+                *l.host_silent = true;
                 return false;
             };
-            pfns.give_back(buf);
-            *in_flight -= 1;
+            l.pfns.give_back(buf);
+            *l.in_flight -= 1;
         }
-        !*host_silent
+        !*l.host_silent
     }
 
     /// Sends the PFNs in `inner.pfns` to the host and waits until it has read them (the C

@@ -133,8 +133,10 @@ impl Held {
             NEXT_JOB.fetch_add(1, Ordering::Relaxed)
         );
         let what = format!("rbmem {cmd} {args}");
-        // The pid is the last line: an interactive shell may announce the job first.
-        let said = vm.sh(&format!("{what} >{out} 2>&1 & echo $!"))?;
+        // The pid is the last line: an interactive shell may announce the job first. The shell
+        // makes the output file before it starts the job: the job's own redirection may come
+        // after the first `cat` below (seen once in a bench run).
+        let said = vm.sh(&format!(": >{out}; {what} >>{out} 2>&1 & echo $!"))?;
         let pid: u32 = last_line(&said).parse().map_err(|_| {
             Error::other(format!(
                 "starting `{what}` in the guest: no pid in {said:?}"

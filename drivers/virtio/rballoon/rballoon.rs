@@ -474,8 +474,8 @@ fn leak(b: &Balloon<'_>, num: usize) -> usize {
         .min(inner.pfns.guest_page_room());
     // One request buffer's worth at a time: the balloon core holds its page list lock, with
     // interrupts off, while it takes the pages out.
-    // Each buffer goes to the host as soon as it is full, so that the host reads it while the
-    // next is taken out (`Host::send`).
+    // Full buffers go to the host [`SEND_BUFFERS`] at a time, so that the host reads them while
+    // the next are taken out (`Host::send`).
     let mut done = 0;
     let mut told = true;
     while guest_pages != 0 {
@@ -728,9 +728,9 @@ impl<'b> RBalloon<'b> {
         inner.pfns.start(MAX_BUFFERS_IN_FLIGHT);
         // One request buffer's worth per call into the balloon core, which holds its page list
         // lock with interrupts off while it puts the pages in. In the order allocated, so that a
-        // block's frames reach the host one after the other, in whole buffers (blocks come
-        // first, and a buffer holds half of one). Each buffer goes to the host as soon as it is
-        // full, so that the host discards its pages while the next are put in (`Host::send`).
+        // block's frames fill two whole buffers sent together (blocks come first, and a buffer
+        // holds half of one). Full buffers go to the host [`SEND_BUFFERS`] at a time, so that the
+        // host discards their pages while the next are put in (`Host::send`).
         let mut done = 0;
         let mut allocated = pages.drain_all().peekable();
         while allocated.peek().is_some() {

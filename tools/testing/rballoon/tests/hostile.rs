@@ -21,6 +21,7 @@
 //! sends are for a device that is not QEMU.
 #![cfg(feature = "rust-driver")]
 
+use rballoon_harness::parity::{meminfo_mib, side_by_side, vmstat_field};
 use rballoon_harness::scenario::{balloon_step, Step};
 use rballoon_harness::{Driver, Error, Result, Transport, Vm, VmConfig};
 use serde_json::json;
@@ -55,10 +56,7 @@ struct Figures {
 }
 
 fn vmstat(vm: &mut Vm, name: &str) -> Result<u64> {
-    vm.vmstat()?
-        .get(name)
-        .copied()
-        .ok_or_else(|| Error::other(format!("/proc/vmstat has no {name}")))
+    vmstat_field(&vm.vmstat()?, name)
 }
 
 /// Flip the target of a fresh guest running `driver`, then check it came through whole.
@@ -133,32 +131,33 @@ fn flip(driver: Driver, transport: Transport) -> Result<Figures> {
 }
 
 fn table(runs: &[Figures]) -> String {
-    let mut s = format!(
-        "{:<6} | {:<4} | {:>8} | {:>10} | {:>10} | {:>8} | {:>8}\n",
-        "driver", "bus", "commands", "inflated", "deflated", "settle s", "empty s"
-    );
-    for f in runs {
-        s += &format!(
-            "{:<6} | {:<4} | {:>8} | {:>10} | {:>10} | {:>8.2} | {:>8.2}\n",
-            f.driver.to_string(),
-            format!("{:?}", f.transport),
-            f.commands,
-            f.inflated,
-            f.deflated,
-            f.settle.secs,
-            f.empty.secs
-        );
-    }
-    s
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|f| {
+            vec![
+                f.driver.to_string(),
+                format!("{:?}", f.transport),
+                f.commands.to_string(),
+                f.inflated.to_string(),
+                f.deflated.to_string(),
+                format!("{:.2}", f.settle.secs),
+                format!("{:.2}", f.empty.secs),
+            ]
+        })
+        .collect();
+    side_by_side(
+        &format!("target flipping every command for {FLIP_FOR:?}"),
+        &[
+            "driver", "bus", "commands", "inflated", "deflated", "settle s", "empty s",
+        ],
+        &rows,
+    )
 }
 
 fn both_drivers_flip(transport: Transport) -> Result<()> {
     Driver::Rust.require_built(&VmConfig::new("check").paths)?;
     let runs = vec![flip(Driver::C, transport)?, flip(Driver::Rust, transport)?];
-    eprintln!(
-        "target flipping every command for {FLIP_FOR:?}:\n{}",
-        table(&runs)
-    );
+    eprintln!("{}", table(&runs));
     Ok(())
 }
 
@@ -189,10 +188,6 @@ struct Held {
     hog: Duration,
     /// Blocks the Rust driver held (lent or kept) when the program started.
     held_at_hog: Option<u64>,
-}
-
-fn meminfo_mib(vm: &mut Vm, field: &str) -> Result<u64> {
-    Ok(vm.meminfo_kb(field)? >> 10)
 }
 
 fn debugfs(vm: &mut Vm, name: &str) -> Result<u64> {
@@ -295,21 +290,24 @@ fn host_holds_hint_blocks(driver: Driver, transport: Transport) -> Result<Held> 
 #[test]
 fn a_host_sitting_on_a_migration_starves_nobody() -> Result<()> {
     Driver::Rust.require_built(&VmConfig::new("check").paths)?;
-    let mut rows = String::new();
+    let mut rows = Vec::new();
     for d in [Driver::C, Driver::Rust] {
         let h = host_holds_hint_blocks(d, Transport::Mmio)?;
-        rows += &format!(
-            "{:<6} | {:>8} | {:>8} | {:>7.2} | {:>8}\n",
+        rows.push(vec![
             h.driver.to_string(),
-            h.free_mib,
-            h.free_min_mib,
-            h.hog.as_secs_f64(),
-            h.held_at_hog.map_or("-".into(), |n| n.to_string())
-        );
+            h.free_mib.to_string(),
+            h.free_min_mib.to_string(),
+            format!("{:.2}", h.hog.as_secs_f64()),
+            h.held_at_hog.map_or("-".into(), |n| n.to_string()),
+        ]);
     }
     eprintln!(
-        "host sitting on a migration, {HOG_MIB} MiB hog:\n{:<6} | {:>8} | {:>8} | {:>7} | {:>8}\n{rows}",
-        "driver", "free MiB", "min MiB", "hog s", "held"
+        "{}",
+        side_by_side(
+            &format!("host sitting on a migration, {HOG_MIB} MiB hog"),
+            &["driver", "free MiB", "min MiB", "hog s", "held"],
+            &rows,
+        )
     );
     Ok(())
 }

@@ -5,9 +5,10 @@
  *   rbmem touch MIB        write every page of MIB MiB of anonymous memory, then exit, which
  *                          frees it again (the host has had to back every page meanwhile)
  *   rbmem hold MIB         write MIB MiB, say "ready", then keep it until SIGTERM or SIGINT
- *   rbmem frag MIB KEEP    write MIB MiB, then give back all but one page in every KEEP, say
- *                          "ready" and keep the rest until SIGTERM/SIGINT: the memory given back
- *                          is holes of KEEP - 1 pages between pages still in use
+ *   rbmem frag MIB KEEP    write MIB MiB, then give back all but about one page in every KEEP
+ *                          (chosen at random, the same pages every run), say "ready" and keep
+ *                          the rest until SIGTERM/SIGINT: the memory given back is holes between
+ *                          pages still in use, KEEP - 1 pages long on average
  *   rbmem hog MIB [STEP]   write MIB MiB, one STEP MiB chunk (default 16) after the other, saying
  *                          how far it got after each chunk, then exit; the memory is mapped as
  *                          it goes, so under memory pressure each chunk is what must be found
@@ -79,29 +80,47 @@ static char *map_and_write(size_t bytes)
 }
 
 /*
- * Write `bytes` worth of pages, one in every `keep` into a mapping that is kept and the others
- * into a mapping that is then unmapped as a whole. Consecutive page faults get (mostly)
- * consecutive physical pages, so the pages given back are runs of keep - 1 frames between kept
- * ones. (The guest kernel has no madvise(): tinyconfig leaves out ADVISE_SYSCALLS, and unmapping
- * page by page would need a mapping per kept page, beyond vm.max_map_count.)
+ * Whether the next page is one to keep: about one in `keep`, from a fixed xorshift sequence.
+ * Not every `keep`-th page: compaction's free scanner samples a pageblock it expects little
+ * from at a power-of-two stride (up to 32 pages), and with holes at a fixed period its samples
+ * could all land on kept pages, block after block, so that it skipped every hole in the zone
+ * (seen in about one run in eight with keep = 2: a pass moved a few hundred balloon pages
+ * instead of some 50,000). Real fragmentation has no period.
+ */
+static int keep_next(size_t keep)
+{
+	static unsigned long long x = 0x9e3779b97f4a7c15ULL;
+
+	x ^= x << 13;
+	x ^= x >> 7;
+	x ^= x << 17;
+	return x % keep == 0;
+}
+
+/*
+ * Write `bytes` worth of pages, about one in every `keep` into a mapping that is kept and the
+ * others into a mapping that is then unmapped as a whole. Consecutive page faults get (mostly)
+ * consecutive physical pages, so the pages given back are holes between kept frames. (The
+ * guest kernel has no madvise(): tinyconfig leaves out ADVISE_SYSCALLS, and unmapping page by
+ * page would need a mapping per kept page, beyond vm.max_map_count.) Both mappings are as
+ * large as `bytes`; only the pages written are backed.
  */
 static size_t fragment(size_t bytes, size_t keep)
 {
-	size_t pages = bytes / PAGE, nkeep = (pages + keep - 1) / keep, ngive = pages - nkeep;
-	char *kept = map(nkeep * PAGE), *given = ngive ? map(ngive * PAGE) : NULL;
-	size_t k = 0, g = 0;
+	size_t pages = bytes / PAGE, k = 0, g = 0;
+	char *kept = map(bytes), *given = map(bytes);
 
 	for (size_t i = 0; i < pages; i++) {
-		if (i % keep == 0)
+		if (keep_next(keep))
 			write_page(kept, k++);
 		else
 			write_page(given, g++);
 	}
-	if (given && munmap(given, ngive * PAGE)) {
+	if (munmap(given, bytes)) {
 		fprintf(stderr, "rbmem: munmap: %s\n", strerror(errno));
 		exit(2);
 	}
-	return nkeep * PAGE;
+	return k * PAGE;
 }
 
 static void report(const char *cmd, unsigned long written, unsigned long kept)

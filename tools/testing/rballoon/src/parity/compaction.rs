@@ -2,9 +2,10 @@
 //! Compaction with an inflated balloon: fragment guest memory so that the balloon's pages end up
 //! scattered through it, compact, and count the 2 MiB huge pages the guest can then allocate.
 //!
-//! The fragmenter (`rbmem frag`) writes nearly all free memory and gives back one page in two;
-//! the balloon then inflates by what was given back, so its pages fill those holes; the
-//! fragmenter exits and leaves every other page free. Without balloon migration the balloon's
+//! The fragmenter (`rbmem frag`) writes nearly all free memory and gives back about one page in
+//! two, chosen at random (a fixed period can hide every hole from compaction's free scanner, see
+//! `rbmem.c`); the balloon then inflates by what was given back, so its pages fill those holes;
+//! the fragmenter exits and leaves the pages between them free. Without balloon migration the balloon's
 //! pages pin nearly every 2 MiB block; with it, compaction (`/proc/sys/vm/compact_memory`, and the
 //! huge page allocation itself) moves them together. Throughout, the balloon must stay the size
 //! QEMU thinks it is.

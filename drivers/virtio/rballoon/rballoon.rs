@@ -272,6 +272,11 @@ struct Host<'b> {
 type Balloon<'b> = BalloonDevInfo<Host<'b>>;
 
 impl Host<'_> {
+    /// Whether the host let a request time out (see [`Inner::host_silent`]).
+    fn is_silent(&self) -> bool {
+        self.lock.lock().host_silent
+    }
+
     /// A queue used a buffer (the C `balloon_ack()`).
     fn ack(&self) {
         let mut acks = self.acks.lock();
@@ -809,7 +814,12 @@ impl<'b> RBalloon<'b> {
         let diff = self.balloon.towards_target();
         let current = self.balloon.lock.lock().num_pages;
         let step = target::next_step(diff, current, STEP_PFNS_MAX);
+        // A host that stopped using requests cannot be told of any change: the balloon stays
+        // as it is (no page is taken for a host that will not hear of it, none given back
+        // without telling it), and the work does not come back for it.
+        let silent = self.balloon.is_silent();
         let done = match step {
+            _ if silent => 0,
             Step::Idle => 0,
             Step::Inflate(n) => self.fill(n),
             Step::Deflate(n) => leak(&self.balloon, n),
@@ -819,7 +829,7 @@ impl<'b> RBalloon<'b> {
         }
         // Not done yet: the next run finishes the event. `queue_work()` only refuses, from the
         // running work item, once the driver is going away: then nothing will finish it later.
-        if target::remaining(diff, step, done) == 0 || !dev.queue_work(WORK_SIZE) {
+        if target::remaining(diff, step, done) == 0 || silent || !dev.queue_work(WORK_SIZE) {
             self.finish_wakeup_event();
         }
     }

@@ -1,0 +1,635 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * KUnit: the Rust virtio balloon driver (rballoon) against a hostile host.
+ *
+ * QEMU answers every request at once and never sends a used length or a command id a guest
+ * did not expect, so the harness cannot show what the driver does when the host misbehaves.
+ * This suite plays the host itself: a software virtio balloon device whose queues are the
+ * kernel's own split virtqueues on the driver side (vring_create_virtqueue()) and are read on
+ * the device side with vringh, as vhost reads a guest's, from a work item. Each case makes the
+ * host misbehave in one way and checks that the driver ends with a bounded wait, a clear
+ * message in the log and no page lost: whatever the balloon holds is accounted for while the
+ * device lives, and every page is back with the page allocator once it is gone.
+ */
+
+#include <kunit/device.h>
+#include <kunit/test.h>
+#include <linux/delay.h>
+#include <linux/gfp.h>
+#include <linux/jiffies.h>
+#include <linux/mm.h>
+#include <linux/slab.h>
+#include <linux/virtio.h>
+#include <linux/virtio_balloon.h>
+#include <linux/virtio_config.h>
+#include <linux/virtio_ring.h>
+#include <linux/vringh.h>
+#include <linux/workqueue.h>
+
+/* The queues in the driver's order (the C enum virtio_balloon_vq). */
+enum th_vq_index { TH_INFLATE, TH_DEFLATE, TH_STATS, TH_FREE_PAGE, TH_REPORTING, TH_NUM_VQS };
+
+#define TH_VQ_SIZE 128
+
+/* How long the driver waits for a request before it calls the host silent (HOST_TIMEOUT_MS). */
+#define TH_DRIVER_TIMEOUT_MS 30000
+
+/* The free page hinting window of the driver (hint::LEND_WINDOW): blocks lent and not given back. */
+#define TH_LEND_WINDOW 8
+
+/* Command ids the guest's hinting reacts to, besides new ids. */
+#define TH_CMD_ID_STOP 0
+#define TH_CMD_ID_DONE 1
+
+struct th_vq {
+	struct virtqueue *vq;
+	struct vringh vrh;
+	/* Buffers the host keeps instead of using them (until the device is reset). */
+	unsigned int nheld;
+};
+
+/* The device and the host behind it. */
+struct test_host {
+	struct virtio_device vdev;
+	struct work_struct work;
+	/* Protects cfg, status, generation and the what-was-seen counters below. */
+	spinlock_t lock;
+	struct virtio_balloon_config cfg;
+	u32 generation;
+	u8 status;
+	u64 features;
+	struct th_vq vqs[TH_NUM_VQS];
+
+	/* How the host misbehaves. */
+	bool keep[TH_NUM_VQS];	/* never use the buffers of this queue */
+	bool keep_hint_blocks;	/* use command ids on the free page queue, keep the blocks */
+	u32 used_len;		/* the length every used buffer is returned with */
+	unsigned int stats_requests; /* ask for statistics again as soon as answered, this often */
+
+	/* What the host saw. */
+	unsigned long pfns_inflated, pfns_deflated;
+	unsigned long stats_answers;
+	unsigned int stats_queued_max;	/* statistics buffers with the host at once */
+	unsigned int hint_blocks_held, hint_blocks_held_max;
+	u32 cmd_ids[16];
+	unsigned int ncmd_ids;
+};
+
+static struct test_host *to_th(struct virtio_device *vdev)
+{
+	return container_of(vdev, struct test_host, vdev);
+}
+
+/* ---- The device side: what the host does with each buffer. ---- */
+
+/* The bytes of a buffer the driver handed over: balloon PFNs are guest-physical addresses. */
+static void *th_buf(const struct kvec *iov)
+{
+	return phys_to_virt((phys_addr_t)(unsigned long)iov->iov_base);
+}
+
+/* Returns true if the host keeps the buffer instead of using it. */
+static bool th_serve(struct test_host *th, int i, struct vringh_kiov *riov,
+		     struct vringh_kiov *wiov)
+{
+	size_t out = vringh_kiov_length(riov);
+	bool keep = th->keep[i];
+
+	spin_lock_irq(&th->lock);
+	switch (i) {
+	case TH_INFLATE:
+		th->pfns_inflated += out / sizeof(__le32);
+		break;
+	case TH_DEFLATE:
+		th->pfns_deflated += out / sizeof(__le32);
+		break;
+	case TH_STATS:
+		th->stats_answers++;
+		/* Ask again at once while there are requests left; else keep it, as QEMU does. */
+		if (th->stats_requests)
+			th->stats_requests--;
+		else
+			keep = true;
+		break;
+	case TH_FREE_PAGE:
+		if (out == sizeof(__le32) && riov->used == 1) {
+			__le32 *id = th_buf(&riov->iov[0]);
+
+			if (th->ncmd_ids < ARRAY_SIZE(th->cmd_ids))
+				th->cmd_ids[th->ncmd_ids++] = le32_to_cpu(*id);
+		} else if (vringh_kiov_length(wiov) && th->keep_hint_blocks) {
+			th->hint_blocks_held++;
+			th->hint_blocks_held_max = max(th->hint_blocks_held, th->hint_blocks_held_max);
+			keep = true;
+		}
+		break;
+	}
+	spin_unlock_irq(&th->lock);
+	return keep;
+}
+
+/* Tells the driver that buffers were used, from interrupt-like context as a transport does. */
+static void th_interrupt(struct th_vq *q)
+{
+	unsigned long flags;
+
+	local_irq_save(flags);
+	vring_interrupt(0, q->vq);
+	local_irq_restore(flags);
+}
+
+/*
+ * Statistics buffers the driver has with the host now: those the host keeps, the one just
+ * taken, and those still waiting in the available ring.
+ */
+static void th_count_stats_queued(struct test_host *th, struct th_vq *q)
+{
+	u16 avail = le16_to_cpu((__force __le16)READ_ONCE(q->vrh.vring.avail->idx));
+	unsigned int queued = q->nheld + 1 + (u16)(avail - q->vrh.last_avail_idx);
+
+	spin_lock_irq(&th->lock);
+	th->stats_queued_max = max(th->stats_queued_max, queued);
+	spin_unlock_irq(&th->lock);
+}
+
+static void th_work(struct work_struct *work)
+{
+	struct test_host *th = container_of(work, struct test_host, work);
+	struct kvec rk[4], wk[4];
+	int i;
+
+	/* Hostile, but not out of spec: no buffer is used before the driver is ready. */
+	if (!(READ_ONCE(th->status) & VIRTIO_CONFIG_S_DRIVER_OK))
+		return;
+	for (i = 0; i < TH_NUM_VQS; i++) {
+		struct th_vq *q = &th->vqs[i];
+		bool used = false;
+
+		if (!q->vq)
+			continue;
+		for (;;) {
+			struct vringh_kiov riov, wiov;
+			u16 head;
+			int got;
+
+			vringh_kiov_init(&riov, rk, ARRAY_SIZE(rk));
+			vringh_kiov_init(&wiov, wk, ARRAY_SIZE(wk));
+			got = vringh_getdesc_kern(&q->vrh, &riov, &wiov, &head, GFP_KERNEL);
+			if (got > 0) {
+				if (i == TH_STATS)
+					th_count_stats_queued(th, q);
+				if (th_serve(th, i, &riov, &wiov)) {
+					q->nheld++;
+				} else {
+					vringh_complete_kern(&q->vrh, head, th->used_len);
+					used = true;
+				}
+			}
+			vringh_kiov_cleanup(&riov);
+			vringh_kiov_cleanup(&wiov);
+			if (got <= 0)
+				break;
+		}
+		if (used)
+			th_interrupt(q);
+	}
+}
+
+/* ---- The transport: virtio_config_ops on top of the above. ---- */
+
+static void th_get(struct virtio_device *vdev, unsigned int offset, void *buf, unsigned int len)
+{
+	struct test_host *th = to_th(vdev);
+
+	if (WARN_ON(offset + len > sizeof(th->cfg)))
+		return;
+	spin_lock_irq(&th->lock);
+	memcpy(buf, (u8 *)&th->cfg + offset, len);
+	spin_unlock_irq(&th->lock);
+}
+
+static void th_set(struct virtio_device *vdev, unsigned int offset, const void *buf,
+		   unsigned int len)
+{
+	struct test_host *th = to_th(vdev);
+
+	if (WARN_ON(offset + len > sizeof(th->cfg)))
+		return;
+	spin_lock_irq(&th->lock);
+	memcpy((u8 *)&th->cfg + offset, buf, len);
+	spin_unlock_irq(&th->lock);
+}
+
+static u32 th_generation(struct virtio_device *vdev)
+{
+	return READ_ONCE(to_th(vdev)->generation);
+}
+
+static u8 th_get_status(struct virtio_device *vdev)
+{
+	return READ_ONCE(to_th(vdev)->status);
+}
+
+static void th_set_status(struct virtio_device *vdev, u8 status)
+{
+	struct test_host *th = to_th(vdev);
+
+	WRITE_ONCE(th->status, status);
+	/* Buffers queued while the driver was probing are used from now on. */
+	if (status & VIRTIO_CONFIG_S_DRIVER_OK)
+		schedule_work(&th->work);
+}
+
+static void th_reset(struct virtio_device *vdev)
+{
+	struct test_host *th = to_th(vdev);
+
+	/* A reset device uses no buffer any more, and forgets those it kept. */
+	cancel_work_sync(&th->work);
+	WRITE_ONCE(th->status, 0);
+}
+
+static bool th_notify(struct virtqueue *vq)
+{
+	schedule_work(&to_th(vq->vdev)->work);
+	return true;
+}
+
+static void th_del_vqs(struct virtio_device *vdev)
+{
+	struct test_host *th = to_th(vdev);
+	int i;
+
+	cancel_work_sync(&th->work);
+	for (i = 0; i < TH_NUM_VQS; i++) {
+		if (th->vqs[i].vq)
+			vring_del_virtqueue(th->vqs[i].vq);
+		th->vqs[i].vq = NULL;
+		th->vqs[i].nheld = 0;
+	}
+}
+
+static int th_find_vqs(struct virtio_device *vdev, unsigned int nvqs, struct virtqueue *vqs[],
+		       struct virtqueue_info vqs_info[], struct irq_affinity *desc)
+{
+	struct test_host *th = to_th(vdev);
+	unsigned int i, index = 0;
+
+	if (nvqs > TH_NUM_VQS)
+		return -EINVAL;
+	for (i = 0; i < nvqs; i++) {
+		struct th_vq *q = &th->vqs[i];
+		const struct vring *vring;
+		int err;
+
+		vqs[i] = NULL;
+		if (!vqs_info[i].name)
+			continue;
+		q->vq = vring_create_virtqueue(index++, TH_VQ_SIZE, SMP_CACHE_BYTES, vdev, true,
+					       false, vqs_info[i].ctx, th_notify,
+					       vqs_info[i].callback, vqs_info[i].name);
+		if (!q->vq) {
+			th_del_vqs(vdev);
+			return -ENOMEM;
+		}
+		vring = virtqueue_get_vring(q->vq);
+		err = vringh_init_kern(&q->vrh, vdev->features, vring->num, true, vring->desc,
+				       vring->avail, vring->used);
+		if (err) {
+			th_del_vqs(vdev);
+			return err;
+		}
+		q->nheld = 0;
+		vqs[i] = q->vq;
+	}
+	return 0;
+}
+
+static u64 th_get_features(struct virtio_device *vdev)
+{
+	return to_th(vdev)->features;
+}
+
+static int th_finalize_features(struct virtio_device *vdev)
+{
+	vring_transport_features(vdev);
+	return 0;
+}
+
+static const char *th_bus_name(struct virtio_device *vdev)
+{
+	return "hostile-host";
+}
+
+static const struct virtio_config_ops th_config_ops = {
+	.get = th_get,
+	.set = th_set,
+	.generation = th_generation,
+	.get_status = th_get_status,
+	.set_status = th_set_status,
+	.reset = th_reset,
+	.find_vqs = th_find_vqs,
+	.del_vqs = th_del_vqs,
+	.get_features = th_get_features,
+	.finalize_features = th_finalize_features,
+	.bus_name = th_bus_name,
+};
+
+static void th_release(struct device *dev)
+{
+	kfree(container_of(dev, struct test_host, vdev.dev));
+}
+
+/* ---- Test helpers. ---- */
+
+static unsigned long balloon_pages(void)
+{
+	return global_node_page_state(NR_BALLOON_PAGES);
+}
+
+static void th_drain_local(struct work_struct *work)
+{
+	drain_local_pages(NULL);
+}
+
+/* Free pages, with those on the per-cpu lists back in the free areas first. */
+static unsigned long free_pages_drained(void)
+{
+	schedule_on_each_cpu(th_drain_local);
+	return global_zone_page_state(NR_FREE_PAGES);
+}
+
+/* A balloon device offering @features, bound to rballoon; kept alive until th_destroy(). */
+static struct test_host *th_create(struct kunit *test, u64 features)
+{
+	struct device *parent = kunit_device_register(test, "rballoon-hostile-host");
+	struct test_host *th;
+
+	KUNIT_ASSERT_NOT_ERR_OR_NULL(test, parent);
+	th = kzalloc_obj(*th, GFP_KERNEL);
+	KUNIT_ASSERT_NOT_NULL(test, th);
+	spin_lock_init(&th->lock);
+	INIT_WORK(&th->work, th_work);
+	th->features = features | BIT_ULL(VIRTIO_F_VERSION_1);
+	th->vdev.dev.parent = parent;
+	th->vdev.dev.release = th_release;
+	th->vdev.id.device = VIRTIO_ID_BALLOON;
+	th->vdev.id.vendor = VIRTIO_DEV_ANY_ID;
+	th->vdev.config = &th_config_ops;
+	if (register_virtio_device(&th->vdev)) {
+		put_device(&th->vdev.dev);
+		KUNIT_FAIL_AND_ABORT(test, "cannot register the device");
+	}
+	get_device(&th->vdev.dev);
+	if (!th->vdev.dev.driver || strcmp(th->vdev.dev.driver->name, "rballoon")) {
+		const char *name = th->vdev.dev.driver ? th->vdev.dev.driver->name : "no driver";
+
+		unregister_virtio_device(&th->vdev);
+		put_device(&th->vdev.dev);
+		/* The C driver, built in, binds first: this suite needs it as a module or absent. */
+		kunit_skip(test, "the balloon device is bound to %s, not rballoon", name);
+	}
+	return th;
+}
+
+/* Removes the device; returns how long removal took, in ms. */
+static unsigned int th_remove(struct test_host *th)
+{
+	unsigned long t0 = jiffies;
+
+	unregister_virtio_device(&th->vdev);
+	return jiffies_to_msecs(jiffies - t0);
+}
+
+static void th_destroy(struct test_host *th)
+{
+	put_device(&th->vdev.dev);
+}
+
+static void th_set_target(struct test_host *th, u32 pages)
+{
+	spin_lock_irq(&th->lock);
+	th->cfg.num_pages = cpu_to_le32(pages);
+	th->generation++;
+	spin_unlock_irq(&th->lock);
+	virtio_config_changed(&th->vdev);
+}
+
+static void th_set_cmd_id(struct test_host *th, u32 id)
+{
+	spin_lock_irq(&th->lock);
+	th->cfg.free_page_hint_cmd_id = cpu_to_le32(id);
+	th->generation++;
+	spin_unlock_irq(&th->lock);
+	virtio_config_changed(&th->vdev);
+}
+
+static u32 th_actual(struct test_host *th)
+{
+	u32 actual;
+
+	spin_lock_irq(&th->lock);
+	actual = le32_to_cpu(th->cfg.actual);
+	spin_unlock_irq(&th->lock);
+	return actual;
+}
+
+/* Polls @cond every 20 ms for at most @ms; its last value. */
+#define th_wait_for(cond, ms)                                                  \
+	({                                                                     \
+		unsigned long __end = jiffies + msecs_to_jiffies(ms);          \
+		bool __ok;                                                     \
+		while (!(__ok = (cond)) && time_before(jiffies, __end))        \
+			msleep(20);                                            \
+		__ok;                                                          \
+	})
+
+#define FEATURES_BASE BIT_ULL(VIRTIO_BALLOON_F_MUST_TELL_HOST)
+
+/* ---- The cases. ---- */
+
+/*
+ * The host takes inflate requests and never uses them. The driver waits a bounded time, keeps
+ * the pages it allocated in the balloon (the host may have discarded them) and says so in
+ * `actual`, sends nothing more however the target moves, and its removal does not wait again.
+ */
+static void a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest(struct kunit *test)
+{
+	unsigned long base = balloon_pages(), seen;
+	struct test_host *th = th_create(test, FEATURES_BASE);
+	unsigned int ms;
+	u32 held;
+
+	th->keep[TH_INFLATE] = true;
+	th_set_target(th, 1024);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->pfns_inflated) > 0, 5000));
+	/* The driver gives up after its timeout and reports what the balloon holds. */
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) > 0, TH_DRIVER_TIMEOUT_MS + 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, (unsigned long)th_actual(th));
+	KUNIT_EXPECT_LE(test, (unsigned long)th_actual(th), READ_ONCE(th->pfns_inflated));
+
+	/* Neither requests nor pages for a host that stopped answering. */
+	seen = READ_ONCE(th->pfns_inflated);
+	held = th_actual(th);
+	th_set_target(th, 4096);
+	msleep(500);
+	KUNIT_EXPECT_EQ(test, READ_ONCE(th->pfns_inflated), seen);
+	KUNIT_EXPECT_EQ(test, th_actual(th), held);
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, (unsigned long)held);
+
+	ms = th_remove(th);
+	kunit_info(test, "removal took %u ms\n", ms);
+	KUNIT_EXPECT_LT_MSG(test, ms, 5000U, "removal waited for a silent host");
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_destroy(th);
+}
+
+/*
+ * The host takes deflate requests and never uses them. With MUST_TELL_HOST no page may go back
+ * to the guest before the host was told, so every page stays in the balloon, `actual` stays
+ * what the balloon holds, and removal (which deflates) is bounded. Once the device is reset the
+ * pages are the guest's again.
+ */
+static void a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon(struct kunit *test)
+{
+	unsigned long base = balloon_pages();
+	struct test_host *th = th_create(test, FEATURES_BASE);
+	unsigned int ms;
+
+	th_set_target(th, 2048);
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 2048, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
+
+	th->keep[TH_DEFLATE] = true;
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->pfns_deflated) > 0, 5000));
+	/* Past the driver's timeout: the pages it could not tell the host about are back. */
+	msleep(TH_DRIVER_TIMEOUT_MS + 2000);
+	KUNIT_EXPECT_EQ(test, th_actual(th), 2048U);
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
+
+	ms = th_remove(th);
+	KUNIT_EXPECT_LT_MSG(test, ms, 5000U, "removal waited for a silent host");
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_destroy(th);
+}
+
+/*
+ * Every buffer comes back with a used length far beyond anything the driver queued (and the
+ * driver's buffers are all device-readable, so any length but 0 is a lie). The driver must not
+ * trust it: inflating, answering statistics and deflating work as with an honest host.
+ */
+static void used_lengths_the_driver_never_gave_are_ignored(struct kunit *test)
+{
+	unsigned long base = balloon_pages();
+	struct test_host *th = th_create(test, FEATURES_BASE |
+					 BIT_ULL(VIRTIO_BALLOON_F_STATS_VQ));
+
+	th->used_len = U32_MAX;
+	th->stats_requests = 3;
+	schedule_work(&th->work);
+	th_set_target(th, 4096);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 4096, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 4096UL);
+	/* The primed buffer and one answer per request, the last kept by the host. */
+	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->stats_answers) == 4, 5000));
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	KUNIT_EXPECT_EQ(test, th->pfns_inflated, th->pfns_deflated);
+	th_remove(th);
+	th_destroy(th);
+}
+
+/*
+ * The host asks for statistics again the moment each answer arrives, thousands of times, and
+ * raises config interrupts in a storm meanwhile. The driver answers every request with one
+ * buffer at a time, never piles buffers up, and still follows the target afterwards.
+ */
+static void statistics_asked_faster_than_answered(struct kunit *test)
+{
+	const unsigned int requests = 2000;
+	unsigned long base = balloon_pages();
+	struct test_host *th = th_create(test, FEATURES_BASE |
+					 BIT_ULL(VIRTIO_BALLOON_F_STATS_VQ));
+	unsigned int i;
+
+	th->stats_requests = requests;
+	schedule_work(&th->work);
+	for (i = 0; i < 10 * requests; i++)
+		virtio_config_changed(&th->vdev);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->stats_answers) == requests + 1,
+					    60000));
+	KUNIT_EXPECT_EQ_MSG(test, th->stats_queued_max, 1U,
+			    "more than one statistics buffer with the host at a time");
+
+	th_set_target(th, 1024);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 1024, 10000));
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
+	th_remove(th);
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_destroy(th);
+}
+
+/*
+ * Free page hinting with command ids that go back and forth (a new id, an older one, the new
+ * one again, a newer one) while the host keeps every block lent to it, and still keeps them
+ * after it said DONE. Each id the driver reports is one the host set, the host never holds
+ * more than the driver's window, removal does not wait for the blocks, and once the device is
+ * gone every block is back with the page allocator.
+ */
+static void hint_command_ids_out_of_order(struct kunit *test)
+{
+	static const u32 ids[] = { 10, 3, 10, 11 };
+	unsigned long free_before = free_pages_drained(), free_after;
+	struct test_host *th = th_create(test, FEATURES_BASE |
+					 BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT));
+	unsigned int i, j, ms;
+
+	th->keep_hint_blocks = true;
+	for (i = 0; i < ARRAY_SIZE(ids); i++) {
+		th_set_cmd_id(th, ids[i]);
+		KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->hint_blocks_held) > 0, 5000));
+		msleep(200);
+	}
+	KUNIT_EXPECT_LE(test, th->hint_blocks_held_max, TH_LEND_WINDOW);
+	KUNIT_EXPECT_GE(test, th->ncmd_ids, 1U);
+	for (i = 0; i < th->ncmd_ids; i++) {
+		bool set = th->cmd_ids[i] == TH_CMD_ID_STOP;
+
+		for (j = 0; j < ARRAY_SIZE(ids); j++)
+			set |= th->cmd_ids[i] == ids[j];
+		KUNIT_EXPECT_TRUE_MSG(test, set, "the driver reported command id %u", th->cmd_ids[i]);
+	}
+	th_set_cmd_id(th, TH_CMD_ID_DONE);
+	msleep(500);
+	ms = th_remove(th);
+	kunit_info(test, "host held at most %u blocks; removal took %u ms\n",
+		   th->hint_blocks_held_max, ms);
+	KUNIT_EXPECT_LT_MSG(test, ms, TH_DRIVER_TIMEOUT_MS + 5000,
+			    "removal waited unbounded for blocks the host keeps");
+	th_destroy(th);
+	free_after = free_pages_drained();
+	/* A block is 1 << MAX_PAGE_ORDER pages: losing one shows. */
+	KUNIT_EXPECT_LT(test, free_before - min(free_before, free_after),
+			1UL << (MAX_PAGE_ORDER - 1));
+}
+
+static struct kunit_case hostile_host_cases[] = {
+	KUNIT_CASE(used_lengths_the_driver_never_gave_are_ignored),
+	KUNIT_CASE(statistics_asked_faster_than_answered),
+	KUNIT_CASE(hint_command_ids_out_of_order),
+	KUNIT_CASE_SLOW(a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest),
+	KUNIT_CASE_SLOW(a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon),
+	{}
+};
+
+static struct kunit_suite hostile_host_suite = {
+	.name = "rballoon_hostile_host",
+	.test_cases = hostile_host_cases,
+};
+kunit_test_suite(hostile_host_suite);
+
+MODULE_DESCRIPTION("KUnit: the Rust virtio balloon driver against a hostile host");
+MODULE_LICENSE("GPL");

@@ -11,6 +11,17 @@ rust) kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig out=$RB_OUT/kunit 
 c) kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig.c-core out=$RB_OUT/kunit-c-core log=$RB_CACHE/logs/kunit-c-core.log ;;
 *) rb_die "CORE=$CORE: rust or c" ;;
 esac
+extra=()
+# FLAVOUR=debug adds the debug guest's fragment (lockdep, KASAN, DEBUG_VM, ...): the same suites,
+# any splat while they run fails the run (kunit.py reports a crash or a test's failure).
+case ${RBALLOON_FLAVOUR:-guest} in
+guest) ;;
+debug)
+	extra=(--kunitconfig="$RB_REPO/kernel/configs/rballoon-debug.config")
+	out=$out-debug log=${log%.log}-debug.log
+	;;
+*) rb_die "FLAVOUR=$RBALLOON_FLAVOUR: guest or debug" ;;
+esac
 mkdir -p "$out" "$RB_CACHE/logs"
 
 # Same lock as the guest build: one kernel build at a time.
@@ -21,7 +32,7 @@ RB_TREE_LOCKED=1 "$RB_REPO/scripts/rballoon/mktree.sh"
 run() {
 	RB_CHDIR=$RB_SRC "$RB_REPO/scripts/rballoon/in-root.sh" python3 tools/testing/kunit/kunit.py run \
 		--arch=x86_64 --make_options LLVM=1 --jobs="$(nproc)" --build_dir="$out" \
-		--kunitconfig="$kunitconfig" --timeout="${KUNIT_TIMEOUT:-600}" "$@" > "$log" 2>&1
+		--kunitconfig="$kunitconfig" "${extra[@]}" --timeout="${KUNIT_TIMEOUT:-600}" "$@" > "$log" 2>&1
 }
 rc=0
 rb_step "KUnit (log: $log)" run "$@" || rc=$?

@@ -134,6 +134,9 @@ impl Accel {
     }
 }
 
+/// The id of the hot-plug capable PCI bridge of [`VmConfig::hotplug`].
+pub const HOTPLUG_BRIDGE: &str = "rbbridge";
+
 /// Properties of the virtio-balloon device (`id=balloon0`).
 #[derive(Clone, Debug)]
 pub struct BalloonProps {
@@ -183,6 +186,11 @@ pub struct VmConfig {
     pub smp: u32,
     /// The balloon device, or `None` for a VM without one.
     pub balloon: Option<BalloonProps>,
+    /// PCI only: the balloon sits on a PCI bridge with a standard hot-plug controller (SHPC), so
+    /// that QMP `device_del` and `device_add` can take it away and bring it back (see
+    /// [`VmConfig::balloon_device`]). The `pc` machine's own hot-plug goes through ACPI, which
+    /// the lean guest does not have.
+    pub hotplug: bool,
     /// Appended to the kernel command line.
     pub append: String,
     /// Appended to QEMU's arguments.
@@ -217,6 +225,7 @@ impl VmConfig {
             mem_mib: 2048,
             smp: 2,
             balloon: Some(BalloonProps::default()),
+            hotplug: false,
             append: String::new(),
             extra_args: Vec::new(),
             accel,
@@ -242,6 +251,34 @@ impl VmConfig {
     /// Guest memory in bytes.
     pub fn mem_bytes(&self) -> u64 {
         self.mem_mib << 20
+    }
+
+    /// The balloon's `-device` argument (`driver,id=balloon0,key=value,...`); `device_add` takes
+    /// the same properties.
+    pub fn balloon_device(&self) -> Option<String> {
+        let b = self.balloon.as_ref()?;
+        let onoff = |v: bool| if v { "on" } else { "off" };
+        let mut dev = format!(
+            "virtio-balloon-{},id=balloon0,deflate-on-oom={},free-page-reporting={},free-page-hint={}",
+            self.transport.suffix(),
+            onoff(b.deflate_on_oom),
+            onoff(b.free_page_reporting),
+            onoff(b.free_page_hint)
+        );
+        if let Some(p) = b.page_poison {
+            dev.push_str(&format!(",page-poison={}", onoff(p)));
+        }
+        if b.free_page_hint {
+            dev.push_str(",iothread=rbiothread");
+        }
+        if self.hotplug && self.transport == Transport::Pci {
+            dev.push_str(&format!(",bus={HOTPLUG_BRIDGE},addr=0x1"));
+        }
+        for e in &b.extra {
+            dev.push(',');
+            dev.push_str(e);
+        }
+        Some(dev)
     }
 
     /// The full QEMU argument list (without the program name) for a VM whose sockets and logs are
@@ -310,25 +347,21 @@ impl VmConfig {
             "-device",
             "virtconsole,chardev=cmd",
         ]);
+        if self.hotplug && self.transport == Transport::Pci {
+            // SHPC instead of ACPI for the bridge's slots.
+            push(&[
+                "-global",
+                "PIIX4_PM.acpi-pci-hotplug-with-bridge-support=off",
+                "-device",
+                &format!("pci-bridge,id={HOTPLUG_BRIDGE},chassis_nr=1,shpc=on"),
+            ]);
+        }
         if let Some(b) = &self.balloon {
-            let onoff = |v: bool| if v { "on" } else { "off" };
-            let mut dev = format!(
-                "virtio-balloon-{sfx},id=balloon0,deflate-on-oom={},free-page-reporting={},free-page-hint={}",
-                onoff(b.deflate_on_oom),
-                onoff(b.free_page_reporting),
-                onoff(b.free_page_hint)
-            );
-            if let Some(p) = b.page_poison {
-                dev.push_str(&format!(",page-poison={}", onoff(p)));
-            }
             if b.free_page_hint {
                 push(&["-object", "iothread,id=rbiothread"]);
-                dev.push_str(",iothread=rbiothread");
             }
-            for e in &b.extra {
-                dev.push(',');
-                dev.push_str(e);
-            }
+        }
+        if let Some(dev) = self.balloon_device() {
             push(&["-device", &dev]);
         }
         a.extend(self.extra_args.iter().cloned());

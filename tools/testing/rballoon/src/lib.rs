@@ -35,5 +35,5 @@ pub mod vm;
 
 pub use config::{Accel, BalloonProps, Paths, Serial, Transport, VmConfig};
 pub use driver::Driver;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Context, Error, ErrorKind, Result};
 pub use vm::{QemuProcess, Vm};

@@ -142,6 +142,19 @@ impl Qmp {
             .map(drop)
     }
 
+    /// Wait until QEMU has removed the device `id` (its `DEVICE_DELETED` event; those of other
+    /// devices, such as the virtio backend inside a virtio-pci device, are dropped).
+    pub fn wait_device_deleted(&mut self, id: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = self.wait_event("DEVICE_DELETED", left)?;
+            if e["data"]["device"] == id {
+                return Ok(());
+            }
+        }
+    }
+
     /// Ask QEMU to exit. Its connection closing right after the reply is expected.
     pub fn quit(&mut self) -> Result<()> {
         match self.execute("quit", None) {

@@ -7,7 +7,7 @@
 //! at boot, no splat, and the guest answering.
 
 use crate::stress_guest::{self as guest, FailPageAlloc};
-use rballoon_harness::{Driver, Error, Result, Transport, Vm, VmConfig};
+use rballoon_harness::{Context, Driver, Error, Result, Transport, Vm, VmConfig};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::thread::sleep;
@@ -69,8 +69,8 @@ pub enum Action {
     Pause,
     /// rmmod and modprobe with the balloon inflated.
     Reload,
-    /// The device removed (PCI: guest-side `remove` + bus rescan; MMIO: driver unbind + bind)
-    /// with the balloon inflated.
+    /// The device removed with the balloon inflated (PCI: QMP `device_del`, then `device_add`;
+    /// MMIO, which QEMU cannot hot-plug: driver unbind + bind).
     Remove,
     /// A process allocating more than is free, the balloon deflating on OOM.
     OomHog,
@@ -194,6 +194,7 @@ pub fn run(o: &Opts) -> Result<Report> {
     let mut cfg = VmConfig::new(&format!("stress-{}", o.driver.module()))
         .transport(o.transport)
         .mem_mib(o.mem_mib);
+    cfg.hotplug = true;
     let slow = slowdown(&cfg);
     cfg.boot_timeout = cfg.boot_timeout.max(Duration::from_secs(60)) * slow;
     cfg.cmd_timeout *= slow;
@@ -321,6 +322,7 @@ impl<'a> Stress<'a> {
     }
 
     /// The driver gone, the balloon must be empty on both sides.
+    /// QEMU's balloon and the guest's both empty, once the driver is gone.
     fn check_empty(&mut self, what: &str) -> Result<()> {
         let (mem, timeout) = (self.mem, self.t(30));
         self.vm.wait_balloon_actual(mem, timeout).map_err(|e| {
@@ -328,6 +330,11 @@ impl<'a> Stress<'a> {
                 "{what}: QEMU's balloon did not return to empty: {e}"
             ))
         })?;
+        self.check_guest_empty(what)
+    }
+
+    /// The guest's balloon empty (with the device gone, QEMU has no balloon to ask).
+    fn check_guest_empty(&mut self, what: &str) -> Result<()> {
         let m = self.vm.meminfo()?;
         let v = self.vm.vmstat()?;
         let b = m.get("Balloon").copied().unwrap_or(u64::MAX);
@@ -355,9 +362,22 @@ impl<'a> Stress<'a> {
         self.report.add("MiB inflated at remove", mib);
         match self.o.transport {
             Transport::Pci => {
-                let pci = guest::pci_remove(self.vm, d)?;
-                self.check_empty("after PCI remove")?;
-                guest::pci_rescan(self.vm, &pci)?;
+                // The host takes the device away: the guest's hot-plug driver powers the slot
+                // off, which removes the balloon driver (deflating it), and QEMU then deletes it.
+                let bound = self.t(60);
+                self.vm.qmp().device_del("balloon0")?;
+                self.vm
+                    .qmp()
+                    .wait_device_deleted("balloon0", bound)
+                    .context("device_del balloon0")?;
+                self.check_guest_empty("after device_del")?;
+                let spec = self
+                    .vm
+                    .config()
+                    .balloon_device()
+                    .ok_or_else(|| Error::other("the VM has no balloon to add back"))?;
+                let (driver, id, props) = guest::device_add_args(&spec);
+                self.vm.qmp().device_add(driver, id, props)?;
             }
             Transport::Mmio => {
                 let dev = guest::unbind(self.vm, d)?;

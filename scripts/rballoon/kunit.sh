@@ -39,3 +39,8 @@ rb_step "KUnit (log: $log)" run "$@" || rc=$?
 # kunit.py's own summary: the per-suite results and the totals line.
 grep -E '^\[[0-9:]+\] (=+|\[(PASSED|FAILED|SKIPPED|CRASHED)\]|Testing complete|Elapsed)' "$log" | tail -n 60 || true
 [ "$rc" = 0 ] || { tail -n 40 "$log"; exit "$rc"; }
+# A splat does not fail a KUnit test by itself (lockdep and KASAN only report): it fails the run.
+if grep -nE 'BUG:|WARNING:|KASAN|possible circular locking|inconsistent lock state|list_(add|del) corruption|sleeping function called' \
+	"$out/test.log"; then
+	rb_die "KUnit: a splat in the kernel log ($out/test.log)"
+fi

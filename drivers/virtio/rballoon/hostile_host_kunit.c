@@ -34,7 +34,7 @@ enum th_vq_index { TH_INFLATE, TH_DEFLATE, TH_STATS, TH_FREE_PAGE, TH_REPORTING,
 /* How long the driver waits for a request before it calls the host silent (HOST_TIMEOUT_MS). */
 #define TH_DRIVER_TIMEOUT_MS 30000
 
-/* The free page hinting window of the driver (hint::LEND_WINDOW): blocks lent and not given back. */
+/* The driver's free page hinting window (hint::LEND_WINDOW): blocks lent, not given back. */
 #define TH_LEND_WINDOW 8
 
 /* Command ids the guest's hinting reacts to, besides new ids. */
@@ -119,7 +119,8 @@ static bool th_serve(struct test_host *th, int i, struct vringh_kiov *riov,
 				th->cmd_ids[th->ncmd_ids++] = le32_to_cpu(*id);
 		} else if (vringh_kiov_length(wiov) && th->keep_hint_blocks) {
 			th->hint_blocks_held++;
-			th->hint_blocks_held_max = max(th->hint_blocks_held, th->hint_blocks_held_max);
+			th->hint_blocks_held_max = max(th->hint_blocks_held,
+						       th->hint_blocks_held_max);
 			keep = true;
 		}
 		break;
@@ -359,8 +360,12 @@ static unsigned long free_pages_drained(void)
 	return global_zone_page_state(NR_FREE_PAGES);
 }
 
-/* A balloon device offering @features, bound to rballoon; kept alive until th_destroy(). */
-static struct test_host *th_create(struct kunit *test, u64 features)
+/*
+ * A balloon device offering @features, not registered yet: the case sets how the host misbehaves
+ * first, since the host may use the buffers the driver queues while probing as soon as the
+ * driver is ready.
+ */
+static struct test_host *th_new(struct kunit *test, u64 features)
 {
 	struct device *parent = kunit_device_register(test, "rballoon-hostile-host");
 	struct test_host *th;
@@ -376,6 +381,12 @@ static struct test_host *th_create(struct kunit *test, u64 features)
 	th->vdev.id.device = VIRTIO_ID_BALLOON;
 	th->vdev.id.vendor = VIRTIO_DEV_ANY_ID;
 	th->vdev.config = &th_config_ops;
+	return th;
+}
+
+/* Registers the device; rballoon must bind it. Kept alive until th_destroy(). */
+static void th_start(struct kunit *test, struct test_host *th)
+{
 	if (register_virtio_device(&th->vdev)) {
 		put_device(&th->vdev.dev);
 		KUNIT_FAIL_AND_ABORT(test, "cannot register the device");
@@ -386,10 +397,9 @@ static struct test_host *th_create(struct kunit *test, u64 features)
 
 		unregister_virtio_device(&th->vdev);
 		put_device(&th->vdev.dev);
-		/* The C driver, built in, binds first: this suite needs it as a module or absent. */
+		/* The C driver, built in, binds first: it must be a module or absent. */
 		kunit_skip(test, "the balloon device is bound to %s, not rballoon", name);
 	}
-	return th;
 }
 
 /* Removes the device; returns how long removal took, in ms. */
@@ -406,22 +416,24 @@ static void th_destroy(struct test_host *th)
 	put_device(&th->vdev.dev);
 }
 
-static void th_set_target(struct test_host *th, u32 pages)
+/* The host changes a configuration field and raises the config interrupt. */
+static void th_set_config(struct test_host *th, __le32 *field, u32 value)
 {
 	spin_lock_irq(&th->lock);
-	th->cfg.num_pages = cpu_to_le32(pages);
+	*field = cpu_to_le32(value);
 	th->generation++;
 	spin_unlock_irq(&th->lock);
 	virtio_config_changed(&th->vdev);
 }
 
+static void th_set_target(struct test_host *th, u32 pages)
+{
+	th_set_config(th, &th->cfg.num_pages, pages);
+}
+
 static void th_set_cmd_id(struct test_host *th, u32 id)
 {
-	spin_lock_irq(&th->lock);
-	th->cfg.free_page_hint_cmd_id = cpu_to_le32(id);
-	th->generation++;
-	spin_unlock_irq(&th->lock);
-	virtio_config_changed(&th->vdev);
+	th_set_config(th, &th->cfg.free_page_hint_cmd_id, id);
 }
 
 static u32 th_actual(struct test_host *th)
@@ -456,11 +468,12 @@ static u32 th_actual(struct test_host *th)
 static void a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest(struct kunit *test)
 {
 	unsigned long base = balloon_pages(), seen;
-	struct test_host *th = th_create(test, FEATURES_BASE);
+	struct test_host *th = th_new(test, FEATURES_BASE);
 	unsigned int ms;
 	u32 held;
 
 	th->keep[TH_INFLATE] = true;
+	th_start(test, th);
 	th_set_target(th, 1024);
 	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->pfns_inflated) > 0, 5000));
 	/* The driver gives up after its timeout and reports what the balloon holds. */
@@ -493,9 +506,10 @@ static void a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest(stru
 static void a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon(struct kunit *test)
 {
 	unsigned long base = balloon_pages();
-	struct test_host *th = th_create(test, FEATURES_BASE);
+	struct test_host *th = th_new(test, FEATURES_BASE);
 	unsigned int ms;
 
+	th_start(test, th);
 	th_set_target(th, 2048);
 	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 2048, 10000));
 	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
@@ -522,12 +536,11 @@ static void a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon(struc
 static void used_lengths_the_driver_never_gave_are_ignored(struct kunit *test)
 {
 	unsigned long base = balloon_pages();
-	struct test_host *th = th_create(test, FEATURES_BASE |
-					 BIT_ULL(VIRTIO_BALLOON_F_STATS_VQ));
+	struct test_host *th = th_new(test, FEATURES_BASE | BIT_ULL(VIRTIO_BALLOON_F_STATS_VQ));
 
 	th->used_len = U32_MAX;
 	th->stats_requests = 3;
-	schedule_work(&th->work);
+	th_start(test, th);
 	th_set_target(th, 4096);
 	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 4096, 10000));
 	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 4096UL);
@@ -550,12 +563,11 @@ static void statistics_asked_faster_than_answered(struct kunit *test)
 {
 	const unsigned int requests = 2000;
 	unsigned long base = balloon_pages();
-	struct test_host *th = th_create(test, FEATURES_BASE |
-					 BIT_ULL(VIRTIO_BALLOON_F_STATS_VQ));
+	struct test_host *th = th_new(test, FEATURES_BASE | BIT_ULL(VIRTIO_BALLOON_F_STATS_VQ));
 	unsigned int i;
 
 	th->stats_requests = requests;
-	schedule_work(&th->work);
+	th_start(test, th);
 	for (i = 0; i < 10 * requests; i++)
 		virtio_config_changed(&th->vdev);
 	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->stats_answers) == requests + 1,
@@ -583,11 +595,12 @@ static void hint_command_ids_out_of_order(struct kunit *test)
 {
 	static const u32 ids[] = { 10, 3, 10, 11 };
 	unsigned long free_before = free_pages_drained(), free_after;
-	struct test_host *th = th_create(test, FEATURES_BASE |
-					 BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT));
+	struct test_host *th = th_new(test, FEATURES_BASE |
+				      BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT));
 	unsigned int i, j, ms;
 
 	th->keep_hint_blocks = true;
+	th_start(test, th);
 	for (i = 0; i < ARRAY_SIZE(ids); i++) {
 		th_set_cmd_id(th, ids[i]);
 		KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->hint_blocks_held) > 0, 5000));
@@ -600,7 +613,8 @@ static void hint_command_ids_out_of_order(struct kunit *test)
 
 		for (j = 0; j < ARRAY_SIZE(ids); j++)
 			set |= th->cmd_ids[i] == ids[j];
-		KUNIT_EXPECT_TRUE_MSG(test, set, "the driver reported command id %u", th->cmd_ids[i]);
+		KUNIT_EXPECT_TRUE_MSG(test, set, "the driver reported command id %u",
+				      th->cmd_ids[i]);
 	}
 	th_set_cmd_id(th, TH_CMD_ID_DONE);
 	msleep(500);
@@ -619,7 +633,7 @@ static void hint_command_ids_out_of_order(struct kunit *test)
 static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE(used_lengths_the_driver_never_gave_are_ignored),
 	KUNIT_CASE(statistics_asked_faster_than_answered),
-	KUNIT_CASE(hint_command_ids_out_of_order),
+	KUNIT_CASE_SLOW(hint_command_ids_out_of_order),
 	KUNIT_CASE_SLOW(a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest),
 	KUNIT_CASE_SLOW(a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon),
 	{}
@@ -629,6 +643,7 @@ static struct kunit_suite hostile_host_suite = {
 	.name = "rballoon_hostile_host",
 	.test_cases = hostile_host_cases,
 };
+
 kunit_test_suite(hostile_host_suite);
 
 MODULE_DESCRIPTION("KUnit: the Rust virtio balloon driver against a hostile host");

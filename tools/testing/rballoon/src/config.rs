@@ -2,6 +2,7 @@
 //! Where things are and what the VM looks like; the one place the QEMU command line is built.
 
 use crate::error::{Error, Result};
+use serde_json::Value;
 use std::env;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -271,7 +272,7 @@ impl VmConfig {
         if b.free_page_hint {
             dev.push_str(",iothread=rbiothread");
         }
-        if self.hotplug && self.transport == Transport::Pci {
+        if self.on_hotplug_bridge() {
             dev.push_str(&format!(",bus={HOTPLUG_BRIDGE},addr=0x1"));
         }
         for e in &b.extra {
@@ -279,6 +280,36 @@ impl VmConfig {
             dev.push_str(e);
         }
         Some(dev)
+    }
+
+    /// Whether the balloon sits on the hot-plug bridge ([`VmConfig::hotplug`], PCI only).
+    fn on_hotplug_bridge(&self) -> bool {
+        self.hotplug && self.transport == Transport::Pci
+    }
+
+    /// [`VmConfig::balloon_device`] as QMP `device_add` takes it: the driver, the id and the
+    /// other properties, `on`/`off` as JSON booleans (QMP checks types, unlike `-device`), the
+    /// rest as strings.
+    pub fn balloon_device_add(&self) -> Option<(String, String, Value)> {
+        let spec = self.balloon_device()?;
+        let mut parts = spec.split(',');
+        let driver = parts.next()?.to_owned();
+        let mut id = String::new();
+        let mut props = serde_json::Map::new();
+        for p in parts {
+            let (k, v) = p.split_once('=').unwrap_or((p, "on"));
+            if k == "id" {
+                id = v.to_owned();
+            } else {
+                let v = match v {
+                    "on" => Value::Bool(true),
+                    "off" => Value::Bool(false),
+                    _ => Value::String(v.to_owned()),
+                };
+                props.insert(k.to_owned(), v);
+            }
+        }
+        Some((driver, id, Value::Object(props)))
     }
 
     /// The full QEMU argument list (without the program name) for a VM whose sockets and logs are
@@ -347,7 +378,7 @@ impl VmConfig {
             "-device",
             "virtconsole,chardev=cmd",
         ]);
-        if self.hotplug && self.transport == Transport::Pci {
+        if self.on_hotplug_bridge() {
             // SHPC instead of ACPI for the bridge's slots.
             push(&[
                 "-global",
@@ -366,5 +397,26 @@ impl VmConfig {
         }
         a.extend(self.extra_args.iter().cloned());
         a
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_add_takes_the_device_argument_apart() {
+        let mut cfg = VmConfig::new("t");
+        cfg.hotplug = true;
+        let (driver, id, props) = cfg.balloon_device_add().unwrap();
+        assert_eq!(
+            (driver.as_str(), id.as_str()),
+            ("virtio-balloon-pci", "balloon0")
+        );
+        assert_eq!(
+            props,
+            serde_json::json!({"deflate-on-oom": true, "free-page-reporting": true,
+                               "free-page-hint": false, "bus": "rbbridge", "addr": "0x1"})
+        );
     }
 }

@@ -322,7 +322,6 @@ impl<'a> Stress<'a> {
     }
 
     /// The driver gone, the balloon must be empty on both sides.
-    /// QEMU's balloon and the guest's both empty, once the driver is gone.
     fn check_empty(&mut self, what: &str) -> Result<()> {
         let (mem, timeout) = (self.mem, self.t(30));
         self.vm.wait_balloon_actual(mem, timeout).map_err(|e| {
@@ -371,13 +370,12 @@ impl<'a> Stress<'a> {
                     .wait_device_deleted("balloon0", bound)
                     .context("device_del balloon0")?;
                 self.check_guest_empty("after device_del")?;
-                let spec = self
+                let (driver, id, props) = self
                     .vm
                     .config()
-                    .balloon_device()
+                    .balloon_device_add()
                     .ok_or_else(|| Error::other("the VM has no balloon to add back"))?;
-                let (driver, id, props) = guest::device_add_args(&spec);
-                self.vm.qmp().device_add(driver, id, props)?;
+                self.vm.qmp().device_add(&driver, &id, props)?;
             }
             Transport::Mmio => {
                 let dev = guest::unbind(self.vm, d)?;

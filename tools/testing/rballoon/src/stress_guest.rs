@@ -1,9 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
-//! The guest side of `rballoon stress`: the background workload, the balloon device taken away
-//! and brought back, fail_page_alloc aimed at the balloon driver, and kmemleak.
+//! The guest side of `rballoon stress`: the background workload, the balloon driver unbound and
+//! bound again, fail_page_alloc aimed at the balloon driver, and kmemleak.
 
 use rballoon_harness::{Driver, Error, Result, Vm};
-use serde_json::Value;
 use std::time::{Duration, Instant};
 
 /// Where the workload leaves its state in the guest.
@@ -108,30 +107,6 @@ fn bound_device(vm: &mut Vm, d: Driver) -> Result<String> {
         .find(|n| n.starts_with("virtio"))
         .map(str::to_owned)
         .ok_or_else(|| Error::other(format!("{d} driver is bound to no device: {out:?}")))
-}
-
-/// A `-device` argument (`driver,id=...,key=value,...`) as QMP `device_add` takes it: the
-/// driver, the id and the other properties, `on`/`off` as JSON booleans (QMP checks types,
-/// unlike `-device`), the rest as strings.
-pub fn device_add_args(spec: &str) -> (&str, &str, Value) {
-    let mut parts = spec.split(',');
-    let driver = parts.next().unwrap_or_default();
-    let mut id = "";
-    let mut props = serde_json::Map::new();
-    for p in parts {
-        let (k, v) = p.split_once('=').unwrap_or((p, "on"));
-        if k == "id" {
-            id = v;
-        } else {
-            let v = match v {
-                "on" => Value::Bool(true),
-                "off" => Value::Bool(false),
-                _ => Value::String(v.to_owned()),
-            };
-            props.insert(k.to_owned(), v);
-        }
-    }
-    (driver, id, Value::Object(props))
 }
 
 /// Unbind the driver from its device through sysfs; returns the device name.
@@ -318,18 +293,6 @@ mod tests {
         assert_eq!(parse_text_range(""), None);
         // Hidden addresses (kptr_restrict) are no range.
         assert_eq!(parse_text_range("0000000000000000 t x\t[m]\n"), None);
-    }
-
-    #[test]
-    fn device_add_takes_the_device_argument_apart() {
-        let (driver, id, props) = device_add_args(
-            "virtio-balloon-pci,id=balloon0,deflate-on-oom=on,bus=rbbridge,addr=0x1",
-        );
-        assert_eq!((driver, id), ("virtio-balloon-pci", "balloon0"));
-        assert_eq!(
-            props,
-            serde_json::json!({"deflate-on-oom": true, "bus": "rbbridge", "addr": "0x1"})
-        );
     }
 
     #[test]

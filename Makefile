@@ -20,6 +20,8 @@ MEM ?= 2048
 S := scripts/rballoon
 HARNESS_DIR := tools/testing/rballoon
 export CARGO_TARGET_DIR := $(RBALLOON_CACHE)/harness-target
+# The harness binaries are shared by every checkout through the cache: tell them which one is this.
+export RBALLOON_REPO := $(CURDIR)
 HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
 
 .PHONY: all root tree kernel initramfs harness guest run demo kunit lint test stress harness-test bench bench-short patches distclean help

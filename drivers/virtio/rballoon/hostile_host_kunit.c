@@ -62,6 +62,7 @@ struct test_host {
 
 	/* How the host misbehaves. */
 	bool keep[TH_NUM_VQS];	/* never use the buffers of this queue */
+	bool bad_head[TH_NUM_VQS]; /* use them under an id the driver never queued */
 	bool keep_hint_blocks;	/* use command ids on the free page queue, keep the blocks */
 	u32 used_len;		/* the length every used buffer is returned with */
 	unsigned int stats_requests; /* ask for statistics again as soon as answered, this often */
@@ -69,6 +70,7 @@ struct test_host {
 	/* What the host saw. */
 	unsigned long pfns_inflated, pfns_deflated;
 	unsigned long stats_answers;
+	unsigned long reported_bytes;
 	unsigned int stats_queued_max;	/* statistics buffers with the host at once */
 	unsigned int hint_blocks_held, hint_blocks_held_max;
 	u32 cmd_ids[16];
@@ -123,6 +125,9 @@ static bool th_serve(struct test_host *th, int i, struct vringh_kiov *riov,
 						       th->hint_blocks_held_max);
 			keep = true;
 		}
+		break;
+	case TH_REPORTING:
+		th->reported_bytes += vringh_kiov_length(wiov);
 		break;
 	}
 	spin_unlock_irq(&th->lock);
@@ -181,6 +186,10 @@ static void th_work(struct work_struct *work)
 					th_count_stats_queued(th, q);
 				if (th_serve(th, i, &riov, &wiov)) {
 					q->nheld++;
+				} else if (th->bad_head[i]) {
+					/* Out of range: no descriptor has this id. */
+					vringh_complete_kern(&q->vrh, TH_VQ_SIZE + 1, 0);
+					used = true;
 				} else {
 					vringh_complete_kern(&q->vrh, head, th->used_len);
 					used = true;
@@ -446,6 +455,16 @@ static u32 th_actual(struct test_host *th)
 	return actual;
 }
 
+static unsigned long th_reported(struct test_host *th)
+{
+	unsigned long bytes;
+
+	spin_lock_irq(&th->lock);
+	bytes = th->reported_bytes;
+	spin_unlock_irq(&th->lock);
+	return bytes;
+}
+
 /* Polls @cond every 20 ms for at most @ms; its last value. */
 #define th_wait_for(cond, ms)                                                  \
 	({                                                                     \
@@ -630,12 +649,87 @@ static void hint_command_ids_out_of_order(struct kunit *test)
 			1UL << (MAX_PAGE_ORDER - 1));
 }
 
+/*
+ * The host returns an inflate request under an id the driver never queued. The kernel's ring
+ * code marks the queue broken; the driver sees that at once instead of waiting for its timeout,
+ * stops the balloon where it is, accounts for what it holds, and loses no page.
+ */
+static void a_used_id_the_driver_never_queued_stops_the_balloon_at_once(struct kunit *test)
+{
+	unsigned long base = balloon_pages(), t0, seen;
+	struct test_host *th = th_new(test, FEATURES_BASE);
+	unsigned int ms;
+	u32 held;
+
+	th->bad_head[TH_INFLATE] = true;
+	th_start(test, th);
+	t0 = jiffies;
+	th_set_target(th, 1024);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) > 0, TH_DRIVER_TIMEOUT_MS / 3));
+	ms = jiffies_to_msecs(jiffies - t0);
+	kunit_info(test, "the driver stopped after %u ms with %u pages\n", ms, th_actual(th));
+	KUNIT_EXPECT_LT_MSG(test, ms, TH_DRIVER_TIMEOUT_MS / 3,
+			    "the driver waited for a queue that is broken");
+	KUNIT_EXPECT_TRUE(test, virtqueue_is_broken(th->vqs[TH_INFLATE].vq));
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, (unsigned long)th_actual(th));
+
+	/* A broken queue gets no more requests, and the balloon takes no more pages. */
+	seen = READ_ONCE(th->pfns_inflated);
+	held = th_actual(th);
+	th_set_target(th, 4096);
+	msleep(500);
+	KUNIT_EXPECT_EQ(test, READ_ONCE(th->pfns_inflated), seen);
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, (unsigned long)held);
+
+	ms = th_remove(th);
+	KUNIT_EXPECT_LT_MSG(test, ms, 5000U, "removal waited for a broken queue");
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_destroy(th);
+}
+
+/*
+ * The host takes a report of free pages and never gives them back. They are the guest's free
+ * memory, lent for the report only, and mm's reporting worker waits for them: the driver waits
+ * a bounded time, then resets the device (only a reset device is sure to let go of them) so the
+ * pages go back to the free lists. Removal, which stops the reporting worker, is bounded too.
+ */
+static void a_host_keeping_reported_pages_does_not_keep_them(struct kunit *test)
+{
+	/* Free pages come and go by a few per-cpu batches meanwhile; a lost block shows. */
+	const unsigned long slack = 1UL << (MAX_PAGE_ORDER - 1);
+	unsigned long free_before = free_pages_drained(), free_held, free_after;
+	unsigned long base = balloon_pages(), held;
+	struct test_host *th = th_new(test, FEATURES_BASE | BIT_ULL(VIRTIO_BALLOON_F_REPORTING));
+	unsigned int ms;
+
+	th->keep[TH_REPORTING] = true;
+	th_start(test, th);
+	/* Page reporting starts two seconds after the driver registers. */
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_reported(th) > 0, 10000));
+	held = th_reported(th) >> PAGE_SHIFT;
+	/* The test measures something: the reported pages are out of the free lists. */
+	free_held = free_pages_drained();
+	KUNIT_EXPECT_GE(test, free_before - min(free_before, free_held) + slack, held);
+
+	ms = th_remove(th);
+	kunit_info(test, "the host kept %lu pages; removal took %u ms\n", held, ms);
+	KUNIT_EXPECT_LT_MSG(test, ms, TH_DRIVER_TIMEOUT_MS + 5000,
+			    "removal waited unbounded for reported pages");
+	KUNIT_EXPECT_EQ(test, th_reported(th) >> PAGE_SHIFT, held);
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_destroy(th);
+	free_after = free_pages_drained();
+	KUNIT_EXPECT_LT(test, free_before - min(free_before, free_after), slack);
+}
+
 static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE(used_lengths_the_driver_never_gave_are_ignored),
 	KUNIT_CASE(statistics_asked_faster_than_answered),
 	KUNIT_CASE_SLOW(hint_command_ids_out_of_order),
 	KUNIT_CASE_SLOW(a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest),
 	KUNIT_CASE_SLOW(a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon),
+	KUNIT_CASE(a_used_id_the_driver_never_queued_stops_the_balloon_at_once),
+	KUNIT_CASE_SLOW(a_host_keeping_reported_pages_does_not_keep_them),
 	{}
 };
 

@@ -285,27 +285,9 @@ impl Host<'_> {
         self.acked.notify_all();
     }
 
-    /// Waits until the device returns a buffer on `vq` and takes it back (the C
-    /// `wait_event(vb->acked, virtqueue_get_buf(vq, &len))`).
-    ///
-    /// Only for the reporting queue, where the host holds free pages of the guest's: they must
-    /// not go back to mm before the host returns them, however long that takes.
-    fn wait_used_unbounded<T>(&self, vq: &mut Virtqueue<'_, T>) -> KBox<T> {
-        loop {
-            let seen = *self.acks.lock();
-            if let Some((buf, _len)) = vq.get_buf() {
-                return buf;
-            }
-            // A notification after `seen` was read changes the count: no wakeup is lost.
-            let mut acks = self.acks.lock();
-            while *acks == seen {
-                self.acked.wait(&mut acks);
-            }
-        }
-    }
-
-    /// Waits at most [`HOST_TIMEOUT_MS`] until the device returns a buffer on `vq`; `None` if it
-    /// did not (the buffer then stays with the queue until the device is reset).
+    /// Waits at most [`HOST_TIMEOUT_MS`] until the device returns a buffer on `vq` (the C
+    /// `wait_event(vb->acked, virtqueue_get_buf(vq, &len))`, bounded); `None` if it did not, or
+    /// broke the queue (the buffer then stays with the queue until the device is reset).
     fn wait_used<T>(&self, vq: &mut Virtqueue<'_, T>) -> Option<KBox<T>> {
         let mut left = msecs_to_jiffies(HOST_TIMEOUT_MS);
         loop {
@@ -313,7 +295,9 @@ impl Host<'_> {
             if let Some((buf, _len)) = vq.get_buf() {
                 return Some(buf);
             }
-            if left == 0 {
+            // A used buffer the driver never queued breaks the queue: nothing comes back from
+            // it any more, so there is nothing to wait for.
+            if left == 0 || vq.is_broken() {
                 return None;
             }
             // A notification after `seen` was read changes the count: no wakeup is lost.
@@ -405,12 +389,20 @@ impl Host<'_> {
                 return false;
             }
             let Some(buf) = self.wait_used(l.vq) else {
-                dev_err!(
-                    self.dev,
-                    "the host used no request within {} ms: no more are sent, and no page leaves \
-                     the balloon\n",
-                    HOST_TIMEOUT_MS
-                );
+                if l.vq.is_broken() {
+                    dev_err!(
+                        self.dev,
+                        "the request queue is broken: no more requests are sent, and no page \
+                         leaves the balloon\n"
+                    );
+                } else {
+                    dev_err!(
+                        self.dev,
+                        "the host used no request within {} ms: no more are sent, and no page \
+                         leaves the balloon\n",
+                        HOST_TIMEOUT_MS
+                    );
+                }
                 *l.host_silent = true;
                 return false;
             };
@@ -581,6 +573,11 @@ impl BalloonOom for Host<'_> {
 impl BalloonReport for Host<'_> {
     /// The C `virtballoon_free_page_report()`: lends the free pages to the host on the reporting
     /// queue until it has processed them.
+    ///
+    /// Unlike C, the wait is bounded: a host that keeps the pages past [`HOST_TIMEOUT_MS`] (or
+    /// breaks the queue) gets the device reset, which is what hands the pages back to mm, and
+    /// the balloon stops as for a silent host. Waiting on would hang mm's reporting worker, and
+    /// removal and freeze with it, for as long as the host likes.
     fn report(b: &Balloon<'_>, pages: &ReportedPages<'_>) -> Result {
         let mut reporting = b.reporting.lock();
         let Some(r) = &mut *reporting else {
@@ -589,15 +586,31 @@ impl BalloonReport for Host<'_> {
         let token = r.token.take().ok_or(EBUSY)?;
         match r
             .vq
-            .lend_inbuf_sg(pages, token, GFP_NOWAIT, |vq| b.wait_used_unbounded(vq))
+            .lend_inbuf_sg(pages, token, GFP_NOWAIT, |vq| b.wait_used(vq))
         {
             Ok(token) => {
                 r.token = Some(token);
                 Ok(())
             }
-            Err((e, token)) => {
+            Err((e, Some(token))) => {
                 r.token = Some(token);
                 dev_warn!(b.dev, "cannot report free pages: {:?}\n", e);
+                Err(e)
+            }
+            Err((e, None)) => {
+                let bytes: usize = (0..pages.len())
+                    .filter_map(|i| pages.get(i))
+                    .map(|(_pfn, len)| len)
+                    .sum();
+                dev_err!(
+                    b.dev,
+                    "the host did not give back {} KiB of reported free pages: the device is \
+                     reset to take them back, and the balloon stops\n",
+                    bytes / 1024
+                );
+                // The queue is dead with the device; no report is sent any more.
+                *reporting = None;
+                b.lock.lock().host_silent = true;
                 Err(e)
             }
         }

@@ -429,6 +429,12 @@ impl<'a, T> Virtqueue<'a, T> {
     /// used buffer and takes it with [`Virtqueue::get_buf`]. The queue must have nothing else in
     /// flight ([`EBUSY`] otherwise), so the first buffer back is `sgl`'s.
     ///
+    /// `wait` returns `None` to give up on a device that keeps the memory (it let a deadline
+    /// pass, or broke the queue). Only a reset device is sure to let go of it, so the device is
+    /// reset then and the call fails with [`ETIMEDOUT`]: the memory is the caller's again, but
+    /// the device is dead until it is set up anew, and `token` stays in the queue until the
+    /// queue is dropped.
+    ///
     /// This is how a balloon reports free pages, which it borrows from the page allocator for the
     /// duration of the report only.
     pub fn lend_inbuf_sg<S: LentScatterList + ?Sized>(
@@ -436,19 +442,20 @@ impl<'a, T> Virtqueue<'a, T> {
         sgl: &S,
         token: KBox<T>,
         gfp: Flags,
-        mut wait: impl FnMut(&mut Self) -> KBox<T>,
-    ) -> Result<KBox<T>, (Error, KBox<T>)> {
+        mut wait: impl FnMut(&mut Self) -> Option<KBox<T>>,
+    ) -> Result<KBox<T>, (Error, Option<KBox<T>>)> {
         let nents = sgl.sg_nents();
         if nents == 0 {
-            return Err((EINVAL, token));
+            return Err((EINVAL, Some(token)));
         }
         if self.num_free() != self.size() {
-            return Err((EBUSY, token));
+            return Err((EBUSY, Some(token)));
         }
         let raw = KBox::into_raw(token);
         // SAFETY: The queue is live and used exclusively; `sgl` describes `nents` entries of
         // device-writable memory valid while it is borrowed, which lasts until the device has
-        // given the buffer back below; `raw` is non-NULL and owned by the queue from now on.
+        // given the buffer back or has been reset below; `raw` is non-NULL and owned by the queue
+        // from now on.
         let ret = unsafe {
             bindings::virtqueue_add_inbuf(
                 self.as_raw(),
@@ -460,11 +467,16 @@ impl<'a, T> Virtqueue<'a, T> {
         };
         if let Err(e) = to_result(ret) {
             // SAFETY: The queue did not take `raw`, which came from `KBox::into_raw` above.
-            return Err((e, unsafe { KBox::from_raw(raw) }));
+            return Err((e, Some(unsafe { KBox::from_raw(raw) })));
         }
         self.kick();
         loop {
-            let buf = wait(self);
+            let Some(buf) = wait(self) else {
+                // The device may still write to the memory: a reset stops it, and the borrow of
+                // `sgl` may end only after that.
+                self.set.reset_device();
+                return Err((ETIMEDOUT, None));
+            };
             if core::ptr::eq(core::ptr::from_ref::<T>(&buf), raw) {
                 return Ok(buf);
             }

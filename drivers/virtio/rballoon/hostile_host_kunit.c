@@ -722,6 +722,45 @@ static void a_host_keeping_reported_pages_does_not_keep_them(struct kunit *test)
 	KUNIT_EXPECT_LT(test, free_before - min(free_before, free_after), slack);
 }
 
+/*
+ * The system freezes while the host keeps deflate requests. Freeze deflates the balloon first,
+ * so it must not wait for the host forever; the pages it could not tell the host about stay in
+ * the balloon. After restore the device is a new one: the balloon follows the host again (which
+ * now answers), and every page comes back.
+ */
+static void freeze_with_a_silent_host_is_bounded_and_restore_starts_afresh(struct kunit *test)
+{
+#ifdef CONFIG_PM_SLEEP
+	unsigned long base = balloon_pages(), t0;
+	struct test_host *th = th_new(test, FEATURES_BASE);
+	unsigned int ms;
+
+	th_start(test, th);
+	th_set_target(th, 2048);
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 2048, 10000));
+
+	th->keep[TH_DEFLATE] = true;
+	t0 = jiffies;
+	KUNIT_EXPECT_EQ(test, virtio_device_freeze(&th->vdev), 0);
+	ms = jiffies_to_msecs(jiffies - t0);
+	kunit_info(test, "freeze took %u ms\n", ms);
+	KUNIT_EXPECT_LT_MSG(test, ms, TH_DRIVER_TIMEOUT_MS + 5000,
+			    "freeze waited unbounded for the host");
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
+
+	th->keep[TH_DEFLATE] = false;
+	KUNIT_EXPECT_EQ(test, virtio_device_restore(&th->vdev), 0);
+	KUNIT_EXPECT_EQ(test, th_actual(th), 2048U);
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_remove(th);
+	th_destroy(th);
+#else
+	kunit_skip(test, "needs CONFIG_PM_SLEEP");
+#endif
+}
+
 static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE(used_lengths_the_driver_never_gave_are_ignored),
 	KUNIT_CASE(statistics_asked_faster_than_answered),
@@ -730,6 +769,7 @@ static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE_SLOW(a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon),
 	KUNIT_CASE(a_used_id_the_driver_never_queued_stops_the_balloon_at_once),
 	KUNIT_CASE_SLOW(a_host_keeping_reported_pages_does_not_keep_them),
+	KUNIT_CASE_SLOW(freeze_with_a_silent_host_is_bounded_and_restore_starts_afresh),
 	{}
 };
 

@@ -277,6 +277,17 @@ impl Host<'_> {
         self.lock.lock().host_silent
     }
 
+    /// After a reset (freeze and restore) the device is a new one: a host that went silent gets
+    /// another chance, with new request buffers for those the old queues kept and freed.
+    fn start_afresh(&self) -> Result {
+        let mut inner = self.lock.lock();
+        if inner.host_silent {
+            inner.pfns = PfnBatch::new(MAX_BUFFERS_IN_FLIGHT, Geometry::KERNEL, GFP_KERNEL)?;
+            inner.host_silent = false;
+        }
+        Ok(())
+    }
+
     /// A queue used a buffer (the C `balloon_ack()`).
     fn ack(&self) {
         let mut acks = self.acks.lock();
@@ -1145,6 +1156,7 @@ impl virtio::Driver for RBalloonDriver {
         dev: &'bound virtio::Device<Core<'_>>,
         this: Pin<&RBalloon<'bound>>,
     ) -> Result {
+        this.balloon.start_afresh()?;
         this.install(init_vqs(dev)?);
         // Tell the host the (empty) size, as the C restore does.
         this.balloon.update_balloon_size();

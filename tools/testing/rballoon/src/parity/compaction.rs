@@ -30,7 +30,10 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(120);
 /// for the C and the Rust driver alike (a few hundred to a few thousand balloon pages moved
 /// instead of ~55,000; without reporting, 55,000 in every run): the free scanner finds no target
 /// before the scanners meet and compact_zone() gives up on the zone. That is a property of mm,
-/// not of a balloon driver's migrate hook, which is what this scenario measures.
+/// not of a balloon driver's migrate hook, which is what this scenario measures. Measured while
+/// the fragmenter still left a hole every other page, which the free scanner's stride can skip
+/// entirely (see `rbmem frag`): reporting, by taking whole free blocks, makes that stride grow
+/// sooner, so the two may be one cause. Not measured again since.
 pub fn configure(cfg: &mut VmConfig) {
     if let Some(b) = cfg.balloon.as_mut() {
         b.free_page_reporting = false;

@@ -248,10 +248,45 @@ unsafe extern "C" fn new_folio(
     page.cast()
 }
 
+/// `new_folio_t` for `migrate_pages()`: a fresh page of `ZONE_DMA`. Balloon pages are movable,
+/// so they come from the highest zone: this one is in another.
+#[cfg(all(CONFIG_BALLOON_MIGRATION, CONFIG_ZONE_DMA))]
+unsafe extern "C" fn new_dma_folio(
+    _src: *mut bindings::folio,
+    _private: c_ulong,
+) -> *mut bindings::folio {
+    alloc_dma_page().cast()
+}
+
+/// A page of `ZONE_DMA`, or NULL.
+#[cfg(all(CONFIG_BALLOON_MIGRATION, CONFIG_ZONE_DMA))]
+fn alloc_dma_page() -> *mut bindings::page {
+    // SAFETY: No preconditions; the flags are the kernel's own.
+    unsafe { bindings::alloc_pages(bindings::GFP_KERNEL | (1 << bindings::___GFP_DMA_BIT), 0) }
+}
+
+/// The managed page count of `page`'s zone.
+#[cfg(all(CONFIG_BALLOON_MIGRATION, CONFIG_ZONE_DMA))]
+fn zone_managed(page: *mut bindings::page) -> usize {
+    // SAFETY: Only called with valid pages; reads a counter.
+    unsafe { bindings::movable_page_zone_managed(page) }
+}
+
 /// Migrates the isolated `page` through `migrate_pages()` and puts it back if that fails;
 /// returns what `migrate_pages()` returned.
 #[cfg(CONFIG_BALLOON_MIGRATION)]
 fn migrate(page: *mut bindings::page, mode: bindings::migrate_mode, private: c_ulong) -> c_int {
+    migrate_with(page, mode, private, new_folio)
+}
+
+/// [`migrate`], with the target pages from `new`.
+#[cfg(CONFIG_BALLOON_MIGRATION)]
+fn migrate_with(
+    page: *mut bindings::page,
+    mode: bindings::migrate_mode,
+    private: c_ulong,
+    new: unsafe extern "C" fn(*mut bindings::folio, c_ulong) -> *mut bindings::folio,
+) -> c_int {
     with_list(|head| {
         // SAFETY: The `lru` of an isolated page belongs to the isolator.
         unsafe { bindings::movable_page_list_add(page, head) };
@@ -259,7 +294,7 @@ fn migrate(page: *mut bindings::page, mode: bindings::migrate_mode, private: c_u
         let ret = unsafe {
             bindings::migrate_pages(
                 head,
-                Some(new_folio),
+                Some(new),
                 None,
                 private,
                 mode,
@@ -410,6 +445,53 @@ mod tests {
 
         let out = b.dequeue(2)?;
         assert_eq!(&out[..], &[new]);
+        assert_eq!(before.delta()?, (1, 1, 1, 0, 0));
+        Ok(())
+    }
+
+    /// Compaction may move a balloon page to another zone: the zone it leaves gets a managed
+    /// page back and the zone it enters loses one (63341ab03706 fixed virtio_balloon for this).
+    #[cfg(all(CONFIG_BALLOON_MIGRATION, CONFIG_ZONE_DMA))]
+    #[test]
+    fn migrating_to_another_zone_moves_the_managed_page() -> Result {
+        let probe = alloc_dma_page();
+        if probe.is_null() {
+            return Err(ENOMEM);
+        }
+        let dma_managed = zone_managed(probe);
+        // SAFETY: Our page, from `alloc_dma_page()`.
+        unsafe { bindings::__free_pages(probe, 0) };
+
+        let b = TestBalloon::new(true)?;
+        let before = Counters::now()?;
+        let a = b.enqueue()?;
+        // SAFETY: `a` is in the balloon, hence alive; the reference keeps it so after migration.
+        unsafe { bindings::movable_page_get(a) };
+        let a_managed = zone_managed(a);
+        assert!(isolate(a));
+        assert_eq!(
+            migrate_with(a, bindings::migrate_mode_MIGRATE_SYNC, 0, new_dma_folio),
+            0
+        );
+        // SAFETY: The new page is in the balloon, hence alive.
+        let new = unsafe { bindings::movable_pfn_to_page(b.last_new.load(Relaxed)) };
+        // SAFETY: Both pages are alive; only their zones are compared.
+        let zones = unsafe {
+            (
+                bindings::movable_page_zone(a),
+                bindings::movable_page_zone(new),
+            )
+        };
+        assert!(zones.0 != zones.1);
+        assert_eq!(zone_managed(a), a_managed + 1);
+        assert_eq!(zone_managed(new), dma_managed - 1);
+        // Across zones, the total stays as for any migration: one page out of it.
+        assert_eq!(before.delta()?, (1, 0, 1, 1, -1));
+        // SAFETY: Our reference; this frees the old page.
+        unsafe { bindings::movable_page_put(a) };
+
+        assert_eq!(b.dequeue(1)?.len(), 1);
+        assert_eq!(zone_managed(new), dma_managed);
         assert_eq!(before.delta()?, (1, 1, 1, 0, 0));
         Ok(())
     }

@@ -38,6 +38,22 @@ impl Paths {
         }
     }
 
+    /// Whether the guest is the debug one (`kernel/configs/rballoon-debug.config`).
+    pub fn is_debug(&self) -> bool {
+        self.flavour == "debug"
+    }
+
+    /// A guest size, MiB, with about as much memory free on this flavour as `lean` MiB has on
+    /// the lean guest: the debug kernel keeps an eighth for KASAN's shadow and more for
+    /// kmemleak, lockdep and page_owner (a 512 MiB debug guest has ~300 MiB free, a lean one ~460).
+    pub fn guest_mib(&self, lean: u64) -> u64 {
+        if self.is_debug() {
+            lean + lean / 2
+        } else {
+            lean
+        }
+    }
+
     /// The flavour's build directory.
     pub fn build_dir(&self) -> PathBuf {
         self.cache.join("build").join(&self.flavour)

@@ -7,11 +7,16 @@
 #![cfg(feature = "rust-driver")]
 
 use rballoon_harness::parity::{self, compaction, oom, reporting, Case};
-use rballoon_harness::{Error, Result, Transport, VmConfig};
+use rballoon_harness::{Error, Paths, Result, Transport, VmConfig};
 use std::time::Duration;
 
-/// Guests for free page reporting and deflate-on-OOM: small, so writing their memory is quick.
+/// Guests for free page reporting and deflate-on-OOM: small, so writing their memory is quick
+/// (on the lean guest; the debug guest gets as much free, see [`Paths::guest_mib`]).
 const MEM_MIB: u64 = 512;
+
+fn small_guest_mib() -> u64 {
+    Paths::from_env().guest_mib(MEM_MIB)
+}
 
 /// Guests for compaction: with 512 MiB, the little memory left beside the balloon's pages makes
 /// the huge page allocation of the case without migration retry reclaim for minutes under TCG.
@@ -109,8 +114,8 @@ fn free_page_reporting_shrinks_qemu(t: Transport) -> Result<()> {
     let runs = per_case(
         "report",
         t,
-        MEM_MIB,
-        |_| {},
+        small_guest_mib(),
+        reporting::configure,
         &[Case::C, Case::RUST],
         |vm, case| reporting::run(vm, case, REPORT_PERCENT, REPORT_TIMEOUT),
         reporting::table,
@@ -134,7 +139,7 @@ fn deflate_on_oom_saves_the_hog(t: Transport) -> Result<()> {
     let runs = per_case(
         "oom",
         t,
-        MEM_MIB,
+        small_guest_mib(),
         |_| {},
         &[Case::C, Case::RUST],
         oom::run,

@@ -13,7 +13,7 @@
 #![cfg(feature = "rust-driver")]
 
 use rballoon_harness::scenario::{balloon_step, observe, Step};
-use rballoon_harness::{Driver, Error, Result, Transport, Vm, VmConfig};
+use rballoon_harness::{Driver, Error, Paths, Result, Transport, Vm, VmConfig};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -30,8 +30,8 @@ fn require_rust() -> Result<()> {
     Driver::Rust.require_built(&VmConfig::new("check").paths)
 }
 
-fn boot(name: &str, t: Transport, d: Driver) -> Result<Vm> {
-    let mut vm = Vm::boot(VmConfig::new(name).transport(t).mem_mib(MEM_MIB))?;
+fn boot(name: &str, t: Transport, d: Driver, mem_mib: u64) -> Result<Vm> {
+    let mut vm = Vm::boot(VmConfig::new(name).transport(t).mem_mib(mem_mib))?;
     vm.load_driver(d)?;
     Ok(vm)
 }
@@ -61,10 +61,15 @@ fn step_ok(s: Step) -> Result<Step> {
     Ok(s)
 }
 
+/// The balloon is sized by what the guest has free (half of it, then three quarters), so that
+/// the debug guest, which keeps much more for itself, can give it too.
 fn freeze_restore_keeps_the_balloon(t: Transport, d: Driver) -> Result<()> {
-    let mut vm = boot("freeze", t, d)?;
+    let mem = Paths::from_env().guest_mib(MEM_MIB);
+    let mut vm = boot("freeze", t, d, mem)?;
     let what = format!("{d} driver on {t:?}");
-    let inflated = step_ok(balloon_step(&mut vm, "inflate", MEM_MIB / 2, MOVE_TIMEOUT)?)?;
+    let free = vm.meminfo_kb("MemFree")? >> 10;
+    let (half, more) = (mem - free / 2, mem - free * 3 / 4);
+    let inflated = step_ok(balloon_step(&mut vm, "inflate", half, MOVE_TIMEOUT)?)?;
 
     vm.sh(
         "echo 1 > /sys/module/suspend/parameters/pm_test_delay; echo devices > /sys/power/pm_test",
@@ -85,7 +90,7 @@ fn freeze_restore_keeps_the_balloon(t: Transport, d: Driver) -> Result<()> {
     }
 
     // Restored: back at the target that still stands, and QEMU agrees.
-    let target = (MEM_MIB / 2) << 20;
+    let target = half << 20;
     let back = vm.wait_balloon_actual(target, MOVE_TIMEOUT).map_err(|e| {
         Error::other(format!(
             "{what}: the balloon did not return to its target after freeze/restore: {e}"
@@ -100,13 +105,8 @@ fn freeze_restore_keeps_the_balloon(t: Transport, d: Driver) -> Result<()> {
         )));
     }
     // The queues rebuilt by restore carry both directions.
-    step_ok(balloon_step(
-        &mut vm,
-        "inflate more",
-        MEM_MIB / 4,
-        MOVE_TIMEOUT,
-    )?)?;
-    let empty = step_ok(balloon_step(&mut vm, "deflate", MEM_MIB, MOVE_TIMEOUT)?)?;
+    step_ok(balloon_step(&mut vm, "inflate more", more, MOVE_TIMEOUT)?)?;
+    let empty = step_ok(balloon_step(&mut vm, "deflate", mem, MOVE_TIMEOUT)?)?;
     if empty.balloon_kb != 0 {
         return Err(Error::other(format!(
             "{what}: {} kB left in the balloon after deflating fully",
@@ -125,7 +125,7 @@ fn freeze_restore_keeps_the_balloon(t: Transport, d: Driver) -> Result<()> {
 }
 
 fn target_changes_are_wakeup_events(t: Transport, d: Driver) -> Result<()> {
-    let mut vm = boot("wakeup", t, d)?;
+    let mut vm = boot("wakeup", t, d, MEM_MIB)?;
     let what = format!("{d} driver on {t:?}");
     let dev = device_dir(&mut vm, d)?;
     let (st, out) = vm.sh_status(&format!("echo enabled > {dev}/power/wakeup"))?;

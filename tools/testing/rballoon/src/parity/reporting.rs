@@ -8,6 +8,7 @@ use crate::error::{Context, Error, Result};
 use crate::guestmem;
 use crate::hostmem::{qemu_rss_kb, watch_rss};
 use crate::vm::Vm;
+use crate::VmConfig;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,18 @@ fn settled_rss(vm: &Vm) -> Result<u64> {
             return Ok(now);
         }
         last = now;
+    }
+}
+
+/// The VM for this scenario. The debug guest poisons free pages (`page_poison=1`), and QEMU does
+/// not discard reported pages while the guest asks for a poison value other than zero (it must
+/// keep the pattern): there the scenario boots with `page_poison=0`, and page reporting discards.
+pub fn configure(cfg: &mut VmConfig) {
+    if cfg.paths.is_debug() {
+        if !cfg.append.is_empty() {
+            cfg.append.push(' ');
+        }
+        cfg.append.push_str("page_poison=0");
     }
 }
 

@@ -650,6 +650,22 @@ struct RBalloon<'b> {
 }
 
 /// Creates the queues (the C `init_vqs()`), priming the stats queue with one buffer.
+/// With `VIRTIO_BALLOON_F_PAGE_POISON`, tells the host the value free pages hold: zero for
+/// `init_on_free`, else the poison byte in every byte. The host must then keep that value in
+/// reported and hinted pages (QEMU does not discard them unless it is zero).
+fn tell_poison_value(dev: &virtio::Device<Bound>) -> Result {
+    if !dev.has_feature(bindings::VIRTIO_BALLOON_F_PAGE_POISON) {
+        return Ok(());
+    }
+    let poison_val = if balloon::want_init_on_free() {
+        0
+    } else {
+        u32::from_le_bytes([balloon::PAGE_POISON; 4])
+    };
+    let offset = core::mem::offset_of!(bindings::virtio_balloon_config, poison_val);
+    dev.config_write_le::<u32>(offset, poison_val)
+}
+
 fn init_vqs<'b>(dev: &'b virtio::Device<Core<'_>>) -> Result<AllQueues<'b>> {
     let stats = dev.has_feature(bindings::VIRTIO_BALLOON_F_STATS_VQ);
     let reporting = dev.has_feature(bindings::VIRTIO_BALLOON_F_REPORTING);
@@ -1006,17 +1022,7 @@ impl virtio::Driver for RBalloonDriver {
             let deflated = KVVec::with_capacity(STEP_GUEST_PAGES, GFP_KERNEL)?;
             let inflating = KVVec::with_capacity(STEP_GUEST_PAGES, GFP_KERNEL)?;
 
-            if dev.has_feature(bindings::VIRTIO_BALLOON_F_PAGE_POISON) {
-                // Let the hypervisor know the value free pages hold: zero for init_on_free, else
-                // the poison byte in every byte.
-                let poison_val = if balloon::want_init_on_free() {
-                    0
-                } else {
-                    u32::from_le_bytes([balloon::PAGE_POISON; 4])
-                };
-                let offset = core::mem::offset_of!(bindings::virtio_balloon_config, poison_val);
-                dev.config_write_le::<u32>(offset, poison_val)?;
-            }
+            tell_poison_value(dev)?;
 
             // The balloon cannot wake the system itself, but it handles wakeup events passed up
             // by the transport. Wakeup sources do not nest, so it uses the device's own, not the
@@ -1157,6 +1163,10 @@ impl virtio::Driver for RBalloonDriver {
         this: Pin<&RBalloon<'bound>>,
     ) -> Result {
         this.balloon.start_afresh()?;
+        // The reset made the host forget it (QEMU zeroes it), and the C driver does not tell it
+        // again: QEMU then discards reported pages, and the page allocator finds their poison
+        // gone ("pagealloc: memory corruption" on the debug guest after a freeze).
+        tell_poison_value(dev)?;
         this.install(init_vqs(dev)?);
         // Tell the host the (empty) size, as the C restore does.
         this.balloon.update_balloon_size();

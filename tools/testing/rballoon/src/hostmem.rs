@@ -23,15 +23,31 @@ pub fn qemu_pid(vm: &Vm) -> Result<u32> {
 
 /// `VmRSS` of process `pid` in kB.
 pub fn rss_kb(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = fs::read_to_string(&path).context(format!("reading {path}"))?;
-    parse_vmrss(&status).ok_or_else(|| Error::other(format!("no VmRSS line in {path}")))
+    status_kb(pid, "VmRSS:")
 }
 
-/// The `VmRSS:` figure of a /proc/<pid>/status text, in kB.
-fn parse_vmrss(status: &str) -> Option<u64> {
+/// `VmHWM` of process `pid` in kB: the most it has held resident since [`reset_peak_rss`].
+pub fn peak_rss_kb(pid: u32) -> Result<u64> {
+    status_kb(pid, "VmHWM:")
+}
+
+/// Starts a new `VmHWM` for process `pid` from its resident set now (`clear_refs` 5).
+pub fn reset_peak_rss(pid: u32) -> Result<()> {
+    let path = format!("/proc/{pid}/clear_refs");
+    fs::write(&path, "5").context(format!("writing {path}"))
+}
+
+fn status_kb(pid: u32, field: &str) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = fs::read_to_string(&path).context(format!("reading {path}"))?;
+    parse_status_kb(&status, field)
+        .ok_or_else(|| Error::other(format!("no {field} line in {path}")))
+}
+
+/// The `field` figure (`VmRSS:`, `VmHWM:`) of a /proc/<pid>/status text, in kB.
+fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
     status.lines().find_map(|l| {
-        l.strip_prefix("VmRSS:")?
+        l.strip_prefix(field)?
             .split_whitespace()
             .next()?
             .parse()
@@ -89,12 +105,13 @@ pub struct RssWatch {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_vmrss;
+    use super::parse_status_kb;
 
     #[test]
     fn vmrss_parses() {
-        let s = "Name:\tqemu-system-x86\nVmPeak:\t 3000000 kB\nVmRSS:\t  812345 kB\nRssAnon:\t 800000 kB\n";
-        assert_eq!(parse_vmrss(s), Some(812345));
-        assert_eq!(parse_vmrss("Name:\tkthreadd\n"), None);
+        let s = "Name:\tqemu-system-x86\nVmPeak:\t 3000000 kB\nVmHWM:\t  900000 kB\nVmRSS:\t  812345 kB\nRssAnon:\t 800000 kB\n";
+        assert_eq!(parse_status_kb(s, "VmRSS:"), Some(812345));
+        assert_eq!(parse_status_kb(s, "VmHWM:"), Some(900000));
+        assert_eq!(parse_status_kb("Name:\tkthreadd\n", "VmRSS:"), None);
     }
 }

@@ -65,14 +65,19 @@ fn step_ok(s: Step) -> Result<Step> {
 /// How long free page reporting gets to report what the guest freed (passes are 2 s apart).
 const REPORT_WAIT: Duration = Duration::from_secs(6);
 
+/// What the second write leaves free, MiB: enough to stay clear of reclaim and the OOM killer.
+const REPORT_KEEP_MIB: u64 = 48;
+
 /// Free pages reported after restore must keep their poison. A reset makes QEMU forget the
 /// poison value the driver gave it, and while it is zero QEMU discards reported pages: a driver
 /// that does not give it again loses the poison of every page reported from then on, and the
-/// page allocator says so ("pagealloc: memory corruption", a splat) when it hands them out. Write
-/// most of what is free and free it, so that it is reported, then allocate it all again.
+/// page allocator says so ("pagealloc: memory corruption", a splat) when it hands them out.
+/// Write most of what is free and free it, so that it is reported, then write nearly all of it:
+/// reported pages go to the tail of the free lists, so only a near-full allocation reaches them.
 fn reported_pages_keep_their_poison(vm: &mut Vm, what: &str) -> Result<()> {
-    for round in ["to be reported", "again"] {
-        let mib = (vm.meminfo_kb("MemFree")? * 3 / 4) >> 10;
+    for (round, keep_mib) in [("to be reported", None), ("again", Some(REPORT_KEEP_MIB))] {
+        let free_mib = vm.meminfo_kb("MemFree")? >> 10;
+        let mib = keep_mib.map_or(free_mib * 3 / 4, |k| free_mib.saturating_sub(k));
         let hog = guestmem::hog(vm, mib, 16, MOVE_TIMEOUT)?;
         if !hog.completed() {
             return Err(Error::other(format!(

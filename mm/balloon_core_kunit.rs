@@ -251,10 +251,7 @@ unsafe extern "C" fn new_folio(
 /// `new_folio_t` for `migrate_pages()`: a fresh page of `ZONE_DMA`. Balloon pages are movable,
 /// so they come from the highest zone: this one is in another.
 #[cfg(all(CONFIG_BALLOON_MIGRATION, CONFIG_ZONE_DMA))]
-unsafe extern "C" fn new_dma_folio(
-    _src: *mut bindings::folio,
-    _private: c_ulong,
-) -> *mut bindings::folio {
+extern "C" fn new_dma_folio(_src: *mut bindings::folio, _private: c_ulong) -> *mut bindings::folio {
     alloc_dma_page().cast()
 }
 

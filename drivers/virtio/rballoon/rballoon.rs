@@ -649,7 +649,6 @@ struct RBalloon<'b> {
     hint: Option<Pin<KBox<Shrinker<Hinting<'b>>>>>,
 }
 
-/// Creates the queues (the C `init_vqs()`), priming the stats queue with one buffer.
 /// With `VIRTIO_BALLOON_F_PAGE_POISON`, tells the host the value free pages hold: zero for
 /// `init_on_free`, else the poison byte in every byte. The host must then keep that value in
 /// reported and hinted pages (QEMU does not discard them unless it is zero).
@@ -666,6 +665,7 @@ fn tell_poison_value(dev: &virtio::Device<Bound>) -> Result {
     dev.config_write_le::<u32>(offset, poison_val)
 }
 
+/// Creates the queues (the C `init_vqs()`), priming the stats queue with one buffer.
 fn init_vqs<'b>(dev: &'b virtio::Device<Core<'_>>) -> Result<AllQueues<'b>> {
     let stats = dev.has_feature(bindings::VIRTIO_BALLOON_F_STATS_VQ);
     let reporting = dev.has_feature(bindings::VIRTIO_BALLOON_F_REPORTING);

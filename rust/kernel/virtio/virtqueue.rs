@@ -210,6 +210,13 @@ impl VirtqueueSet {
             unsafe { bindings::virtio_reset_device(self.vdev) };
         }
     }
+
+    /// Resets the device whatever its status says: for a device that holds on to memory the
+    /// driver must take back, where a status read back as reset already is not to be believed.
+    fn force_reset(&self) {
+        // SAFETY: By the type invariants `vdev` is valid.
+        unsafe { bindings::virtio_reset_device(self.vdev) };
+    }
 }
 
 impl Drop for VirtqueueSet {
@@ -474,7 +481,7 @@ impl<'a, T> Virtqueue<'a, T> {
             let Some(buf) = wait(self) else {
                 // The device may still write to the memory: a reset stops it, and the borrow of
                 // `sgl` may end only after that.
-                self.set.reset_device();
+                self.set.force_reset();
                 return Err((ETIMEDOUT, None));
             };
             if core::ptr::eq(core::ptr::from_ref::<T>(&buf), raw) {

@@ -37,7 +37,7 @@ fn guest_boots_and_answers() -> Result<()> {
     let m = vm.meminfo()?;
     let total = m["MemTotal"];
     // The debug guest gives an eighth to KASAN's shadow and more to kmemleak and lockdep.
-    let least = if vm.config().paths.flavour == "debug" {
+    let least = if vm.config().paths.is_debug() {
         320
     } else {
         400

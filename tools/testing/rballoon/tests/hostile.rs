@@ -175,7 +175,7 @@ fn a_target_that_flips_every_millisecond_mmio() -> Result<()> {
 /// its memory meanwhile, which takes the debug guest (KASAN, page poisoning, under TCG) several
 /// times as long.
 fn hold_secs(vm: &Vm) -> u64 {
-    if vm.config().paths.flavour == "debug" {
+    if vm.config().paths.is_debug() {
         90
     } else {
         20

@@ -36,8 +36,8 @@ if [ -z "${RBALLOON_FONT:-}" ] &&
 fi
 
 rm -rf "$out"
-mkdir -p "$out" "$RB_CACHE/logs"
-log=$RB_CACHE/logs/bench-$mode.log
+mkdir -p "$out" "$RB_LOGS"
+log=$RB_LOGS/bench-$mode.log
 rc=0
 run() { "$harness" bench --out "$out" "${args[@]}" 2>&1 | tee "$log"; }
 rb_step "benchmark ($mode, output in $out)" run || rc=$?

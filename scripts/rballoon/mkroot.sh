@@ -1,34 +1,22 @@
 #!/usr/bin/env bash
 # Create the Debian trixie toolchain root (with trixie-backports) that builds the kernel and runs QEMU.
 #
-# The root is rebuilt only when rballoon.lock or this script changes. Mirrors come from mmdebstrap's
-# default; the backports entry is derived from whatever main entry mmdebstrap wrote, so no host name
-# is written here.
+# RUST=min (default) -> $RB_CACHE/root, Rust from trixie; RUST=latest -> $RB_CACHE/root-latest, Rust
+# from trixie-backports. A root is rebuilt only when rballoon.lock or the scripts that make it change.
+# Mirrors come from mmdebstrap's default; the backports entry is derived from whatever main entry
+# mmdebstrap wrote, so no host name is written here.
 . "$(dirname "$0")/common.sh"
 
-stamp_of() { cat "$RB_LOCK" "$0" | sha256sum | cut -d' ' -f1; }
-
-# Compare what is installed in the root with the lock. Prints every mismatch; fails if any.
-check_versions() {
-	local root=$1 bad=0 pkg glob suite have
-	while read -r pkg glob suite; do
-		case "$pkg" in ''|'#'*) continue ;; esac
-		have=$(chroot "$root" dpkg-query -W -f '${Version}' "$pkg" 2>/dev/null || true)
-		if [ -z "$have" ]; then
-			echo "rballoon.lock: $pkg is not installed (wanted $glob from $suite)" >&2
-			bad=1
-		# shellcheck disable=SC2053 # $glob is a glob on purpose
-		elif [[ $have != $glob ]]; then
-			echo "rballoon.lock: $pkg is $have, the lock wants $glob from $suite" >&2
-			bad=1
-		fi
-	done < "$RB_LOCK"
-	return $bad
+install=$RB_REPO/scripts/rballoon/root-install.sh
+stamp_of() { cat "$RB_LOCK" "$0" "$install" <(echo "$RB_RUST") | sha256sum | cut -d' ' -f1; }
+versions() { # one line: what the builds run with
+	awk '$1 ~ /^(rustc|bindgen|clang|qemu-system-x86|linux-source-7.3)$/ {printf "%s %s, ", $1, $2}' \
+		"$RB_ROOT/.rballoon-versions" | sed 's/, $//'
 }
 
 want=$(stamp_of)
 if [ -f "$RB_ROOT/.rballoon-stamp" ] && [ "$(cat "$RB_ROOT/.rballoon-stamp")" = "$want" ]; then
-	check_versions "$RB_ROOT" || rb_die "the toolchain root does not match rballoon.lock"
+	rb_log "toolchain (RUST=$RB_RUST): $(versions)"
 	exit 0
 fi
 
@@ -38,24 +26,21 @@ command -v mmdebstrap >/dev/null || {
 }
 command -v bwrap >/dev/null || apt-get install -y -qq bubblewrap >/dev/null
 
-# Split the lock into what comes from trixie and what from trixie-backports.
-main_pkgs=$(awk '!/^#/ && NF==3 && $3=="trixie" {printf "%s,", $1}' "$RB_LOCK")
-bpo_pkgs=$(awk '!/^#/ && NF==3 && $3=="trixie-backports" {printf "%s ", $1}' "$RB_LOCK")
-
 mkdir -p "$RB_CACHE"
-tmp=$RB_CACHE/root.new
+tmp=$RB_ROOT.new
 rm -rf "$tmp"
-rb_log "creating the trixie root (first time, or rballoon.lock changed)"
-mmdebstrap --variant=apt --include="${main_pkgs%,}" \
+rb_log "creating the trixie root for RUST=$RB_RUST (first time, or rballoon.lock changed)"
+# The customize hook checks every package of the lock against what the suites serve, installs them
+# and records the versions; it fails naming what is missing or too old.
+mmdebstrap --variant=apt \
 	--setup-hook='sed -n "s/^\(deb .* \)trixie \(.*\)$/\1trixie-backports \2/p" "$1/etc/apt/sources.list" > "$1/etc/apt/sources.list.d/backports.list"' \
-	--customize-hook="chroot \"\$1\" apt-get install -y -q -t trixie-backports $bpo_pkgs" \
+	--customize-hook="\"$install\" \"\$1\" \"$RB_LOCK\" \"$RB_RUST\"" \
 	--customize-hook='chroot "$1" apt-get clean' \
-	trixie "$tmp"
+	trixie "$tmp" || { rm -rf "$tmp"; rb_die "could not create the toolchain root (see above)"; }
 
-grep -q trixie-backports "$tmp/etc/apt/sources.list.d/backports.list" ||
-	rb_die "could not derive the trixie-backports entry from the root's sources.list"
-check_versions "$tmp" || { rm -rf "$tmp"; rb_die "installed versions differ from rballoon.lock (see above)"; }
 echo "$want" > "$tmp/.rballoon-stamp"
 rm -rf "$RB_ROOT"
 mv "$tmp" "$RB_ROOT"
-rb_log "toolchain root ready at $RB_ROOT"
+rb_log "toolchain root ready at $RB_ROOT; installed:"
+column -t "$RB_ROOT/.rballoon-versions" | sed 's/^/    /' >&2
+rb_log "toolchain (RUST=$RB_RUST): $(versions)"

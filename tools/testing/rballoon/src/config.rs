@@ -14,6 +14,8 @@ pub struct Paths {
     pub cache: PathBuf,
     /// `RBALLOON_FLAVOUR`, default `guest`.
     pub flavour: String,
+    /// `RBALLOON_RUST`, default `min`: which toolchain's builds to run (`make RUST=`).
+    pub rust: String,
     /// The repository root: `RBALLOON_REPO`, or three levels above this crate.
     pub repo: PathBuf,
 }
@@ -25,6 +27,7 @@ impl Paths {
             .map(PathBuf::from)
             .unwrap_or_else(|| "/var/cache/rballoon".into());
         let flavour = env::var("RBALLOON_FLAVOUR").unwrap_or_else(|_| "guest".into());
+        let rust = env::var("RBALLOON_RUST").unwrap_or_else(|_| "min".into());
         let repo = env::var_os("RBALLOON_REPO")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -34,6 +37,7 @@ impl Paths {
         Paths {
             cache,
             flavour,
+            rust,
             repo,
         }
     }
@@ -54,9 +58,13 @@ impl Paths {
         }
     }
 
-    /// The flavour's build directory.
+    /// The flavour's build directory, under the toolchain's (scripts/rballoon/common.sh).
     pub fn build_dir(&self) -> PathBuf {
-        self.cache.join("build").join(&self.flavour)
+        let builds = match self.rust.as_str() {
+            "min" => "build".to_string(),
+            other => format!("build-{other}"),
+        };
+        self.cache.join(builds).join(&self.flavour)
     }
 
     /// The guest kernel.
@@ -86,7 +94,7 @@ impl Paths {
                 return Err(Error::other(format!(
                     "guest {what} {} does not exist: build it first \
                      (scripts/rballoon/mkkernel.sh {f} && scripts/rballoon/mkinitramfs.sh {f}), \
-                     or point RBALLOON_CACHE/RBALLOON_FLAVOUR at a build",
+                     or point RBALLOON_CACHE/RBALLOON_FLAVOUR/RBALLOON_RUST at a build",
                     p.display(),
                     f = self.flavour
                 )));

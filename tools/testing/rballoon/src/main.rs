@@ -29,7 +29,7 @@ stress for --seconds (STRESS_SECONDS, default 1200): random balloon targets, a m
       guest); then deflate and check the accounting. --seed (STRESS_SEED, default: the time)
       replays a run. Exit 0 if every check passed
 
-environment: RBALLOON_CACHE (/var/cache/rballoon), RBALLOON_FLAVOUR (guest), ACCEL (tcg|kvm),
+environment: RBALLOON_CACHE (/var/cache/rballoon), RBALLOON_FLAVOUR (guest), RBALLOON_RUST (min), ACCEL (tcg|kvm),
              RBALLOON_BOOT_TIMEOUT (seconds), RBALLOON_KEEP (keep run directories)";
 
 struct Opts {

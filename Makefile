@@ -2,10 +2,13 @@
 #
 #   make demo    boot a guest, inflate the balloon to half of its memory and back, print a table
 #   make test    build everything, run KUnit and the harness tests (what CI runs)
+#   make check   the quick loop: KUnit, lint and a handful of VM tests on both drivers
 #   make bench   the C balloon driver against ours, side by side (ROUNDS=5, BENCH_MEM=4096,
 #                WORKLOADS=1,3,4,5; BENCH=short or make bench-short: 1 round, 2 GiB) -> out/bench/
 #   make stress  the stress and fault suite for both drivers (STRESS_SECONDS, FLAVOUR=debug)
 #
+# RUST=min (default) builds with trixie's Rust, the kernel's minimum; RUST=latest with the newest
+# trixie-backports serves, in a toolchain root and build directories of its own.
 # Everything heavy lives in $(RBALLOON_CACHE) (default /var/cache/rballoon), outside the checkout.
 
 RBALLOON_CACHE ?= /var/cache/rballoon
@@ -14,6 +17,8 @@ FLAVOUR ?= guest
 export RBALLOON_FLAVOUR := $(FLAVOUR)
 ACCEL ?= tcg
 export ACCEL
+RUST ?= min
+export RBALLOON_RUST := $(RUST)
 DRIVER ?= rust
 MEM ?= 2048
 
@@ -24,12 +29,12 @@ export CARGO_TARGET_DIR := $(RBALLOON_CACHE)/harness-target
 export RBALLOON_REPO := $(CURDIR)
 HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
 
-.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test stress harness-test bench bench-short patches distclean help
+.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test stress harness-test check bench bench-short patches distclean help
 
 all: guest harness
 
 help:
-	@sed -n '3,9p' Makefile
+	@sed -n '3,13p' Makefile
 
 root:
 	@$(S)/mkroot.sh
@@ -65,6 +70,9 @@ harness-test: guest harness
 
 test:
 	@$(S)/test.sh
+
+check:
+	@$(S)/check.sh
 
 BENCH ?= full
 bench: guest harness

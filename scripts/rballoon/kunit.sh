@@ -7,11 +7,14 @@
 # CORE=c runs the same suites against the C balloon core (mm/balloon.c) instead of the Rust one, in
 # a build directory of its own so that switching does not rebuild either kernel.
 case ${CORE:-rust} in
-rust) kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig out=$RB_OUT/kunit log=$RB_CACHE/logs/kunit.log ;;
-c) kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig.c-core out=$RB_OUT/kunit-c-core log=$RB_CACHE/logs/kunit-c-core.log ;;
+rust) kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig out=$RB_OUT/kunit log=$RB_LOGS/kunit.log ;;
+c) kunitconfig=$RB_REPO/tools/testing/rballoon/kunitconfig.c-core out=$RB_OUT/kunit-c-core log=$RB_LOGS/kunit-c-core.log ;;
 *) rb_die "CORE=$CORE: rust or c" ;;
 esac
 extra=()
+# KUNIT_FILTER: kunit.py's attribute filter, e.g. 'speed>slow' (make check leaves out the cases
+# that wait out a silent host's 30 s timeouts; make test runs everything).
+[ -n "${KUNIT_FILTER:-}" ] && extra+=(--filter="$KUNIT_FILTER")
 # FLAVOUR=debug adds the debug guest's fragment (lockdep, KASAN, DEBUG_VM, ...): the same suites,
 # any splat while they run fails the run (kunit.py reports a crash or a test's failure).
 case ${RBALLOON_FLAVOUR:-guest} in
@@ -22,7 +25,7 @@ debug)
 	;;
 *) rb_die "FLAVOUR=$RBALLOON_FLAVOUR: guest or debug" ;;
 esac
-mkdir -p "$out" "$RB_CACHE/logs"
+mkdir -p "$out" "$RB_LOGS"
 
 # Same lock as the guest build: one kernel build at a time.
 exec 9> "$RB_CACHE/build.lock"
@@ -35,9 +38,21 @@ run() {
 		--kunitconfig="$kunitconfig" "${extra[@]}" --timeout="${KUNIT_TIMEOUT:-600}" "$@" > "$log" 2>&1
 }
 rc=0
+# The totals go to RB_KUNIT_COUNTS when make test or make check asks for them. No stale log or count
+# survives a run that never got to kunit.py.
+counts=${RB_KUNIT_COUNTS:-$log.counts}
+rm -f "$log" "$counts"
 rb_step "KUnit (log: $log)" run "$@" || rc=$?
 # kunit.py's own summary: the per-suite results and the totals line.
 grep -E '^\[[0-9:]+\] (=+|\[(PASSED|FAILED|SKIPPED|CRASHED)\]|Testing complete|Elapsed)' "$log" | tail -n 60 || true
+# The totals as "passed failed skipped crashed", for make test's closing line (scripts/rballoon/tally.sh).
+if total=$(grep -E 'Testing complete\. Ran [0-9]+ tests' "$log" | tail -n1); then
+	for f in passed failed skipped crashed; do
+		n=$(sed -n "s/.*[:,] $f: \([0-9]*\).*/\1/p" <<< "$total")
+		printf '%s ' "${n:-0}"
+	done > "$counts"
+	echo >> "$counts"
+fi
 [ "$rc" = 0 ] || { tail -n 40 "$log"; exit "$rc"; }
 # A splat does not fail a KUnit test by itself (lockdep and KASAN only report): it fails the run.
 if grep -nE 'BUG:|WARNING:|KASAN|possible circular locking|inconsistent lock state|list_(add|del) corruption|sleeping function called' \

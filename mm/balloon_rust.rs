@@ -454,9 +454,9 @@ impl kernel::Module for BalloonCore {
         // SAFETY: Called once, before any other use of the lock.
         unsafe { BALLOON_LOCK.init() };
         Ok(Self {
+            #[cfg(CONFIG_BALLOON_MIGRATION)]
             // SAFETY: The core is built in: the registration is never dropped, so no balloon
             // page can outlive it.
-            #[cfg(CONFIG_BALLOON_MIGRATION)]
             _mops: unsafe { Registration::new(PageType::Offline) }?,
         })
     }

@@ -19,6 +19,8 @@
 //! - [`remaining`]`(diff, step, done)`: the difference left once a step processed `done` pages,
 //!   as `update_balloon_size_func()` computes it to decide whether to run again.
 
+use core::cmp::Ordering;
+
 /// The host's target `num_pages` rounded up to a whole number of guest pages.
 ///
 /// Rounding up (never down) is what the C driver does so that a target that is not a multiple of
@@ -65,18 +67,14 @@ pub(crate) enum Step {
 /// than the balloon holds.
 pub(crate) fn next_step(diff: i64, current: u32, max: usize) -> Step {
     let max = max as u64;
-    if diff > 0 {
-        Step::Inflate(diff.unsigned_abs().min(max) as usize)
-    } else if diff < 0 {
-        let n = diff.unsigned_abs().min(max).min(u64::from(current));
-        if n == 0 {
+    match diff.cmp(&0) {
+        Ordering::Greater => Step::Inflate(diff.unsigned_abs().min(max) as usize),
+        Ordering::Less => match diff.unsigned_abs().min(max).min(u64::from(current)) {
             // Asked to shrink an empty balloon: there is nothing to take back.
-            Step::Idle
-        } else {
-            Step::Deflate(n as usize)
-        }
-    } else {
-        Step::Idle
+            0 => Step::Idle,
+            n => Step::Deflate(n as usize),
+        },
+        Ordering::Equal => Step::Idle,
     }
 }
 

@@ -128,10 +128,10 @@ pub unsafe trait LentScatterList {
     fn sg_nents(&self) -> u32;
 }
 
+#[cfg(CONFIG_BALLOON)]
 // SAFETY: `ReportedPages` is free memory that page reporting lends to the driver for the duration
 // of the report callback, which its borrow does not outlive; its scatterlist has `len()` entries,
 // the last one marked as the end.
-#[cfg(CONFIG_BALLOON)]
 unsafe impl LentScatterList for crate::balloon::ReportedPages<'_> {
     fn sg_raw(&self) -> *mut bindings::scatterlist {
         self.as_raw()
@@ -201,10 +201,10 @@ impl VirtqueueSet {
     fn reset_device(&self) {
         // SAFETY: By the type invariants `vdev` is valid; `config` ops are static.
         let ops = unsafe { &*(*self.vdev).config };
-        // SAFETY: `get_status` is called with its own, valid, device.
-        let status = ops
-            .get_status
-            .map_or(u8::MAX, |get| unsafe { get(self.vdev) });
+        let status = ops.get_status.map_or(u8::MAX, |get| {
+            // SAFETY: `get_status` is called with its own, valid, device.
+            unsafe { get(self.vdev) }
+        });
         if u32::from(status) & !bindings::VIRTIO_CONFIG_S_ACKNOWLEDGE != 0 {
             // SAFETY: By the type invariants `vdev` is valid.
             unsafe { bindings::virtio_reset_device(self.vdev) };

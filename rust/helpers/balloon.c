@@ -54,6 +54,27 @@ __rust_helper struct page *rust_helper_balloon_block_alloc(unsigned int order)
 	return page;
 }
 
+/*
+ * Up to @nr order-0 pages for the balloon, put at the start of @pages (all
+ * NULL on entry), with balloon_page_alloc()'s flags; returns how many.
+ *
+ * The bulk allocator takes pages as single allocations do, from the per-cpu
+ * list refilled from the smallest free blocks first, so an inflating balloon
+ * fills the guest's holes and leaves its free 2 MiB blocks whole for huge pages
+ * and compaction; but for a whole batch under one per-cpu lock. While the zone
+ * is below its low watermark by @nr, it makes one single allocation instead,
+ * which may reclaim as balloon_page_alloc() does, so the last of free memory
+ * goes as with C.
+ */
+__rust_helper unsigned long rust_helper_balloon_pages_alloc_bulk(unsigned int nr,
+								 struct page **pages)
+{
+	gfp_t gfp = __GFP_NOMEMALLOC | __GFP_NORETRY | __GFP_NOWARN;
+
+	gfp |= IS_ENABLED(CONFIG_BALLOON_MIGRATION) ? GFP_HIGHUSER_MOVABLE : GFP_HIGHUSER;
+	return alloc_pages_bulk(gfp, nr, pages);
+}
+
 /* Drops the balloon's reference, as release_pages_balloon() does in C. */
 __rust_helper void rust_helper_balloon_put_page(struct page *page)
 {

@@ -155,6 +155,39 @@ impl BalloonPage {
         NonNull::new(page).map(Self)
     }
 
+    /// Allocates up to `max` pages for the balloon, handing each to `take`; returns how many.
+    ///
+    /// The same flags and the same pages as [`BalloonPage::alloc`] called `max` times (the
+    /// per-cpu list, refilled from the smallest free blocks first, so the guest's free 2 MiB
+    /// blocks stay whole), taken from the page allocator a batch at a time. Fewer than `max`
+    /// only when memory is short. May sleep.
+    pub fn alloc_bulk(max: usize, mut take: impl FnMut(BalloonPage)) -> usize {
+        const BATCH: usize = 64;
+        let mut done = 0;
+        while done < max {
+            let mut batch = [core::ptr::null_mut::<bindings::page>(); BATCH];
+            let want = (max - done).min(BATCH);
+            // SAFETY: `batch` has room for `want` page pointers, all NULL on entry, which is what
+            // the helper (`alloc_pages_bulk()`) requires; it writes only within those `want`.
+            let got =
+                unsafe { bindings::balloon_pages_alloc_bulk(want as c_uint, batch.as_mut_ptr()) };
+            // The helper fills the slots from the start; never trust it for more than asked.
+            let got = (got as usize).min(want);
+            for &page in &batch[..got] {
+                // INVARIANT: each of the first `got` slots holds a fresh order-0 page allocated
+                // with the balloon's flags, owned by the caller.
+                if let Some(page) = NonNull::new(page) {
+                    take(Self(page));
+                }
+            }
+            if got == 0 {
+                break;
+            }
+            done += got;
+        }
+        done
+    }
+
     /// The page frame number of the page.
     pub fn pfn(&self) -> usize {
         // SAFETY: By the type invariant, `self.0` is a valid page.
@@ -734,6 +767,14 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
         BalloonPage::alloc()
     }
 
+    /// Allocates up to `max` pages for the balloon, handing each to `take`; returns how many,
+    /// fewer only when memory is short. May sleep.
+    ///
+    /// See [`BalloonPage::alloc_bulk`].
+    pub fn alloc_pages(&self, max: usize, take: impl FnMut(BalloonPage)) -> usize {
+        BalloonPage::alloc_bulk(max, take)
+    }
+
     /// Puts `page` in the balloon and returns its page frame number, to tell the host about.
     ///
     /// From now on the page may be migrated (see [`BalloonMigrate`]) and is freed by
@@ -1292,6 +1333,45 @@ mod tests {
         assert_eq!(page.pfn(), pfn);
         page.release();
         assert_eq!(b.pages(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn bulk_pages_fill_holes_before_free_blocks() -> Result {
+        // Holes: a free 2 MiB block taken, every other page of it given back. A KUnit guest
+        // has free 2 MiB blocks right after boot; without one, there is nothing to show.
+        let block = BalloonBlock::alloc_if_free(BalloonBlock::HUGE_ORDER).ok_or(ENOMEM)?;
+        let n = block.pages();
+        let mut kept = KVec::with_capacity(n / 2, GFP_KERNEL)?;
+        let mut base = None;
+        for (i, page) in block.enumerate() {
+            base.get_or_insert(page.pfn());
+            if i % 2 == 0 {
+                kept.push(page, GFP_KERNEL)?;
+            }
+        }
+        let base = base.ok_or(EINVAL)?;
+        // Bulk single pages take those holes (the per-cpu list, then the smallest free blocks)
+        // before they split a free 2 MiB block, as one-at-a-time allocations do. Other pages
+        // freed meanwhile may come first: at least half must be holes.
+        let mut got = KVec::with_capacity(n / 2, GFP_KERNEL)?;
+        let taken = BalloonPage::alloc_bulk(n / 2, |page| {
+            let _ = got.push_within_capacity(page);
+        });
+        assert_eq!(taken, n / 2);
+        assert_eq!(got.len(), n / 2);
+        let in_holes = got
+            .iter()
+            .filter(|p| (base..base + n).contains(&p.pfn()))
+            .count();
+        assert!(in_holes >= n / 4);
+        // Every page is a distinct order-0 page of its own.
+        let mut pfns = KVec::with_capacity(got.len(), GFP_KERNEL)?;
+        for p in got.iter() {
+            pfns.push(p.pfn(), GFP_KERNEL)?;
+        }
+        pfns.sort_unstable();
+        assert!(pfns.windows(2).all(|w| w[0] != w[1]));
         Ok(())
     }
 

@@ -94,8 +94,10 @@ const WAKEUP_SIGNAL_STATS: u32 = 1 << 1;
 const MAX_GUEST_PAGES: usize = VIRTIO_BALLOON_ARRAY_PFNS_MAX / PAGES_PER_PAGE as usize;
 
 /// Guest pages in a 2 MiB block, which inflation takes whole while the page allocator has free
-/// ones (module parameter `blocks`): a host backed by huge pages can then free a whole host page,
-/// and the guest keeps its other 2 MiB blocks intact.
+/// ones only when the operator asks (module parameter `blocks=1`): a host backed by huge pages
+/// can then free a whole host page, but the guest loses the free 2 MiB blocks that compaction
+/// needs to move balloon pages together, and with them most of its huge pages (see "Inflation
+/// and compaction" in Documentation/driver-api/virtio/rust_balloon.rst).
 const BLOCK_PAGES: usize = 1 << BalloonBlock::HUGE_ORDER;
 
 /// Full buffers sent together while a step goes on: the host reads them while the next ones are
@@ -746,7 +748,16 @@ impl<'b> RBalloon<'b> {
                 }
                 blocks = false;
             }
-            let Some(page) = self.balloon.alloc_page() else {
+            // Single pages, the rest of the step in one go: the holes of fragmented memory
+            // first, as C's one-at-a-time allocations take them, so the guest's free 2 MiB
+            // blocks stay whole for huge pages and compaction.
+            let want = wanted - pages.len();
+            let got = self.balloon.alloc_pages(want, |page| {
+                // Cannot fail: no more than the step's room is asked for. Were it to, the page
+                // would just be freed.
+                let _ = pages.push_within_capacity(page);
+            });
+            if got < want {
                 if self.puff.lock().allow() {
                     dev_info!(
                         self.dev,
@@ -756,10 +767,6 @@ impl<'b> RBalloon<'b> {
                 }
                 // Sleep for at least 1/5 of a second before the work item tries again.
                 fsleep(OUT_OF_PUFF_DELAY);
-                break;
-            };
-            // Cannot fail: the loop stops at a full step, which the vector has room for.
-            if pages.push_within_capacity(page).is_err() {
                 break;
             }
         }
@@ -1186,8 +1193,8 @@ kernel::module_virtio_driver! {
             description: "Let compaction migrate inflated pages (0: refuse, they stay where they are)",
         },
         blocks: bool {
-            default: true,
-            description: "Inflate by whole free 2 MiB blocks first (0: single pages only, as C)",
+            default: false,
+            description: "Inflate by whole free 2 MiB blocks first: whole host huge pages, fewer guest huge pages after compaction (0, the default: single pages in bulk, holes first, as C)",
         },
     },
 }

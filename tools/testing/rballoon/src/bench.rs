@@ -10,7 +10,7 @@
 use crate::bench_plot;
 use crate::bench_report::{self as report, Sample, Trace};
 use crate::bench_workloads::{self as work, Sink};
-use crate::config::{BalloonProps, VmConfig};
+use crate::config::{BalloonProps, Paths, VmConfig};
 use crate::driver::Driver;
 use crate::error::{Context, Result};
 use crate::parity::Case;
@@ -139,11 +139,12 @@ fn run_balloon_vm(opts: &BenchOpts, sink: &mut Sink, res_env: &mut EnvProbe) -> 
 }
 
 /// The driver cases whose huge pages workload 3 counts for `driver`: the Rust driver also with
-/// balloon migration refused, the baseline that shows what migration buys.
+/// balloon migration refused, the baseline that shows what migration buys, and inflating by
+/// whole 2 MiB blocks (`blocks=1`), what that costs the guest.
 fn compaction_cases(driver: Driver) -> &'static [Case] {
     match driver {
         Driver::C => &[Case::C],
-        Driver::Rust => &[Case::RUST, Case::RUST_NO_MIGRATION],
+        Driver::Rust => &[Case::RUST, Case::RUST_NO_MIGRATION, Case::RUST_BLOCKS],
     }
 }
 
@@ -278,8 +279,11 @@ pub fn run(opts: &BenchOpts) -> Result<Results> {
             "Huge pages (workload 3) are counted on {} MiB guests of their own, one per driver \
              case. Balloon migration off is measured for the Rust driver only \
              (`rballoon migration=0`): the C driver has no switch for it in 7.3, where it is a \
-             build option (CONFIG_BALLOON_MIGRATION).",
-            work::COMPACTION_MEM_MIB
+             build option (CONFIG_BALLOON_MIGRATION). `blocks=1` is the Rust driver inflating by \
+             whole free 2 MiB blocks first, which the operator must ask for. The huge page \
+             allocation is bounded at {} s for every case.",
+            work::COMPACTION_MEM_MIB,
+            crate::parity::compaction::HUGEPAGE_BOUND_SECS
         ));
     }
     let env = &mut res.env;
@@ -293,6 +297,8 @@ pub fn run(opts: &BenchOpts) -> Result<Results> {
             host_fact("sh", &["-c", "free -g | awk '/^Mem:/ {print $2 \" GiB\"}'"])
         ),
     ));
+    env.push(("commit".into(), repo_commit(&Paths::from_env())));
+    env.push(("toolchain".into(), toolchain(&Paths::from_env())));
     env.push(("accelerator".into(), accel.into()));
     env.push((
         "QEMU".into(),
@@ -329,6 +335,43 @@ pub fn run(opts: &BenchOpts) -> Result<Results> {
     Ok(res)
 }
 
+/// The checkout's commit the guest was built from (`git describe`, "-dirty" with local changes).
+fn repo_commit(paths: &Paths) -> String {
+    host_fact(
+        "git",
+        &[
+            "-C",
+            &paths.repo.to_string_lossy(),
+            "describe",
+            "--always",
+            "--dirty",
+            "--abbrev=12",
+        ],
+    )
+}
+
+/// The toolchain root's versions as recorded when it was made (scripts/rballoon/root-install.sh).
+fn toolchain(paths: &Paths) -> String {
+    let root = match paths.rust.as_str() {
+        "min" => "root".to_string(),
+        other => format!("root-{other}"),
+    };
+    let file = paths.cache.join(root).join(".rballoon-versions");
+    let Ok(text) = std::fs::read_to_string(&file) else {
+        return format!("unknown ({} missing)", file.display());
+    };
+    let wanted = ["rustc", "bindgen", "clang", "qemu-system-x86"];
+    let parts: Vec<String> = text
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (pkg, ver) = (w.next()?, w.next()?);
+            wanted.contains(&pkg).then(|| format!("{pkg} {ver}"))
+        })
+        .collect();
+    format!("RUST={}: {}", paths.rust, parts.join(", "))
+}
+
 /// The Markdown report: environment, table, notes, failures, plots.
 pub fn markdown(res: &Results) -> String {
     let rows = report::rows(&res.samples);
@@ -340,7 +383,7 @@ pub fn markdown(res: &Results) -> String {
     t.push_str(&report::markdown_table(&rows));
     t.push_str(
         "\nMedian ±half the range in percent [min–max] over the rounds. ours/C is the ratio of the \
-         medians; `better` says which way the metric is better and which driver is.\n\
+         medians; `better` says which way the metric is better and which driver is: \"same\" when the two ranges overlap (with one round: when the medians are within 2%).\n\
          Workloads: 1 the balloon inflates until the guest keeps 1/8 of its memory and deflates \
          back, timed from the QMP `balloon` command to `query-balloon` reporting the target, on \
          memory never touched and on memory the guest wrote just before; 2 the guest's busy CPU \

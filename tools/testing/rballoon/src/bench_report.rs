@@ -110,6 +110,22 @@ metric!(
     Higher
 );
 metric!(
+    HUGEPAGES_BLOCKS,
+    "hugepages_blocks",
+    3,
+    "huge pages, inflating by 2 MiB blocks (blocks=1)",
+    "pages",
+    Higher
+);
+metric!(
+    COMPACT_MIGRATED,
+    "compact_migrated",
+    3,
+    "balloon pages compact_memory moved",
+    "pages",
+    Higher
+);
+metric!(
     REPORTING_90,
     "reporting_90",
     4,
@@ -127,7 +143,7 @@ metric!(
 );
 
 /// Every metric, in table order.
-pub const METRICS: [Metric; 10] = [
+pub const METRICS: [Metric; 12] = [
     INFLATE_UNTOUCHED,
     DEFLATE_UNTOUCHED,
     INFLATE_WRITTEN,
@@ -136,6 +152,8 @@ pub const METRICS: [Metric; 10] = [
     CPU_DEFLATE,
     HUGEPAGES,
     HUGEPAGES_NOMIGRATE,
+    HUGEPAGES_BLOCKS,
+    COMPACT_MIGRATED,
     REPORTING_90,
     OOM_HOG,
 ];
@@ -235,6 +253,12 @@ impl Row {
         (c.min > 0.0 && c.max > 0.0).then(|| (r.min / c.max, r.max / c.min))
     }
 
+    /// Do the two drivers' ranges of samples overlap? Then neither is better on this run.
+    pub fn ranges_overlap(&self) -> Option<bool> {
+        let (c, r) = (self.c?, self.rust?);
+        Some(r.min <= c.max && c.min <= r.max)
+    }
+
     /// Is ours better than C on this metric (by the medians)?
     pub fn ours_better(&self) -> Option<bool> {
         let q = self.ratio()?;
@@ -304,7 +328,15 @@ pub fn markdown_table(rows: &[Row]) -> String {
     );
     for r in rows {
         let ratio = r.ratio().map_or("n/a".into(), |q| format!("{q:.2}"));
-        let same = r.ratio().is_some_and(|q| (q - 1.0).abs() < 0.02);
+        // "same" unless the ranges are apart: a median's lead inside the other's range is noise.
+        // A single round has no range: within 2% is the same then.
+        let single = r.c.is_some_and(|s| s.n < 2) || r.rust.is_some_and(|s| s.n < 2);
+        let close = r.ratio().is_some_and(|q| (q - 1.0).abs() < 0.02);
+        let same = if single {
+            close
+        } else {
+            r.ranges_overlap().unwrap_or(false)
+        };
         let better = match (r.metric.better, r.ours_better()) {
             (Better::Higher, Some(_)) if same => "higher: same",
             (Better::Lower, Some(_)) if same => "lower: same",
@@ -427,6 +459,34 @@ mod tests {
         let t = markdown_table(&r);
         assert!(t.contains("| 5 | memory hog"), "{t}");
         assert!(t.contains("| 0.50 | lower: ours |"), "{t}");
+    }
+
+    #[test]
+    fn overlapping_ranges_are_the_same() {
+        let mk = |d, v| Sample {
+            round: 1,
+            driver: d,
+            metric: HUGEPAGES,
+            value: v,
+        };
+        // Medians 246 and 245, ranges overlapping: neither driver is better.
+        let r = rows(&[
+            mk(Driver::C, 244.0),
+            mk(Driver::C, 246.0),
+            mk(Driver::C, 247.0),
+            mk(Driver::Rust, 245.0),
+            mk(Driver::Rust, 245.0),
+            mk(Driver::Rust, 247.0),
+        ]);
+        assert!(markdown_table(&r).contains("| higher: same |"));
+        // Ranges apart: the higher one is.
+        let r = rows(&[
+            mk(Driver::C, 244.0),
+            mk(Driver::C, 246.0),
+            mk(Driver::Rust, 55.0),
+            mk(Driver::Rust, 64.0),
+        ]);
+        assert!(markdown_table(&r).contains("| higher: C |"));
     }
 
     #[test]

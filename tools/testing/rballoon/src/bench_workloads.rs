@@ -257,12 +257,25 @@ pub fn hugepages(case: Case, sink: &mut Sink) -> Result<()> {
         f.compact_rounds,
         f.compact_secs
     );
-    let metric = if case.migration {
-        report::HUGEPAGES
-    } else {
-        report::HUGEPAGES_NOMIGRATE
-    };
-    sink.sample(metric, f.hugepages as f64);
+    eprintln!(
+        "  {case}: {} huge pages of {} asked in {:.1} s (bound {} s, the same for every driver)",
+        f.hugepages,
+        f.hugepages_asked,
+        f.hugepage_secs,
+        compaction::HUGEPAGE_BOUND_SECS
+    );
+    eprintln!(
+        "{}",
+        compaction::table(&format!("  {case}"), std::slice::from_ref(&f))
+    );
+    match (case.migration, case.blocks) {
+        (true, false) => {
+            sink.sample(report::HUGEPAGES, f.hugepages as f64);
+            sink.sample(report::COMPACT_MIGRATED, f.migrated_compact as f64);
+        }
+        (false, _) => sink.sample(report::HUGEPAGES_NOMIGRATE, f.hugepages as f64),
+        (true, true) => sink.sample(report::HUGEPAGES_BLOCKS, f.hugepages as f64),
+    }
     vm.shutdown()
 }
 

@@ -16,6 +16,7 @@ use crate::error::{Context, Error, Result};
 use crate::guestmem::{self, Held};
 use crate::scenario::{balloon_step, observe, Step};
 use crate::vm::Vm;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Free memory left outside the fragmented range, MiB: room for the guest to work in.
@@ -45,6 +46,45 @@ const MAX_COMPACT_ROUNDS: u32 = 4;
 
 /// ... each after one that migrated at least this many balloon pages (2 MiB).
 const PROGRESS_PAGES: u64 = 512;
+
+/// The /proc/vmstat counters read around each `compact_memory` write: what the two scanners
+/// looked at (the write's own pass, then kcompactd's, running beside it), what they isolated, and
+/// what migration did. `balloon_migrate` last.
+pub const COMPACT_COUNTERS: [&str; 10] = [
+    "compact_stall",
+    "compact_daemon_wake",
+    "compact_migrate_scanned",
+    "compact_free_scanned",
+    "compact_isolated",
+    "compact_daemon_migrate_scanned",
+    "compact_daemon_free_scanned",
+    "pgmigrate_success",
+    "pgmigrate_fail",
+    "balloon_migrate",
+];
+
+/// The bound on the huge page allocation, the same for every driver: with the balloon pinned the
+/// kernel may retry compaction for minutes under TCG, so what the pool has then is the figure.
+pub const HUGEPAGE_BOUND_SECS: u64 = 60;
+
+/// One `compact_memory` write: how much each of [`COMPACT_COUNTERS`] rose over it.
+#[derive(Clone, Debug)]
+pub struct CompactWrite(pub [u64; COMPACT_COUNTERS.len()]);
+
+impl CompactWrite {
+    fn between(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> Result<Self> {
+        let mut d = [0; COMPACT_COUNTERS.len()];
+        for (d, name) in d.iter_mut().zip(COMPACT_COUNTERS) {
+            *d = vmstat_field(after, name)?.saturating_sub(vmstat_field(before, name)?);
+        }
+        Ok(CompactWrite(d))
+    }
+
+    /// Balloon pages migrated by this write.
+    pub fn balloon_migrated(&self) -> u64 {
+        self.0[COMPACT_COUNTERS.len() - 1]
+    }
+}
 
 /// What one compaction run measured.
 #[derive(Clone, Debug)]
@@ -77,6 +117,25 @@ pub struct Figures {
     pub migrated_hugepages: u64,
     /// The balloon after the huge page allocation.
     pub after_hugepages: Step,
+    /// Each `compact_memory` write's counters.
+    pub writes: Vec<CompactWrite>,
+    /// Free 2 MiB blocks ([`free_2m_blocks`]) with the fragmenter's holes in memory, before the
+    /// balloon inflates; ...
+    pub free_2m_fragmented: u64,
+    /// ... after it inflated by what the fragmenter gave back (an inflation that takes the holes
+    /// first, as order-0 allocations do, leaves these blocks alone) ...
+    pub free_2m_inflated: u64,
+    /// ... and before the first `compact_memory` write, the fragmenter gone.
+    pub free_2m_compact: u64,
+}
+
+impl Figures {
+    /// Free 2 MiB blocks the balloon's inflation took, although the fragmenter's holes could
+    /// have given it every page.
+    pub fn free_2m_taken(&self) -> u64 {
+        self.free_2m_fragmented
+            .saturating_sub(self.free_2m_inflated)
+    }
 }
 
 impl Figures {
@@ -103,8 +162,43 @@ impl Figures {
     }
 }
 
-/// The figures of several runs, side by side.
+/// The figures of several runs, side by side, then each run's `compact_memory` writes.
 pub fn table(title: &str, runs: &[Figures]) -> String {
+    let mut out = summary(title, runs);
+    let mut header = vec![
+        "driver",
+        "free 2M: fragmented",
+        "inflated",
+        "compact",
+        "write",
+    ];
+    header.extend(COMPACT_COUNTERS);
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .flat_map(|f| {
+            f.writes.iter().enumerate().map(move |(i, w)| {
+                let mut r = vec![
+                    f.case.to_string(),
+                    f.free_2m_fragmented.to_string(),
+                    f.free_2m_inflated.to_string(),
+                    f.free_2m_compact.to_string(),
+                    (i + 1).to_string(),
+                ];
+                r.extend(w.0.iter().map(u64::to_string));
+                r
+            })
+        })
+        .collect();
+    out.push_str("\n");
+    out.push_str(&super::side_by_side(
+        "compact_memory writes (vmstat deltas)",
+        &header,
+        &rows,
+    ));
+    out
+}
+
+fn summary(title: &str, runs: &[Figures]) -> String {
     super::side_by_side(
         title,
         &[
@@ -117,7 +211,7 @@ pub fn table(title: &str, runs: &[Figures]) -> String {
             "compactions",
             "compact s",
             "2M hugepages",
-            "hugepage s",
+            &format!("hugepage s (bound {HUGEPAGE_BOUND_SECS})"),
         ],
         &runs.iter().map(Figures::row).collect::<Vec<_>>(),
     )
@@ -125,6 +219,24 @@ pub fn table(title: &str, runs: &[Figures]) -> String {
 
 fn balloon_migrate(vm: &mut Vm) -> Result<u64> {
     vmstat_field(&vm.vmstat()?, "balloon_migrate")
+}
+
+/// Free 2 MiB blocks in the guest: `/proc/buddyinfo` blocks of order 9 and up, counted in 2 MiB.
+pub fn free_2m_blocks(vm: &mut Vm) -> Result<u64> {
+    let out = vm.sh("cat /proc/buddyinfo")?;
+    let mut blocks = 0;
+    for line in out.lines() {
+        // "Node 0, zone   Normal    n0 n1 ... n10"
+        let counts: Vec<u64> = line
+            .split_whitespace()
+            .skip(4)
+            .filter_map(|c| c.parse().ok())
+            .collect();
+        for (order, n) in counts.iter().enumerate().skip(9) {
+            blocks += n << (order - 9);
+        }
+    }
+    Ok(blocks)
 }
 
 /// Check that the balloon has the size it had after inflating and that QEMU agrees.
@@ -159,16 +271,20 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
     let frag = Held::frag(vm, frag_mib, 2, STEP_TIMEOUT).context(&what)?;
     let holes_mib = frag_mib - frag.report().kept_mib;
     let m0 = balloon_migrate(vm)?;
+    let free_2m_fragmented = free_2m_blocks(vm)?;
     let inflated = balloon_step(vm, "inflate", mem_mib - holes_mib, STEP_TIMEOUT)?;
     inflated.check().context(&what)?;
+    let free_2m_inflated = free_2m_blocks(vm)?;
     frag.release(vm).context(&what)?;
     let m1 = balloon_migrate(vm)?;
 
     // One `compact_memory` pass leaves work behind (pages it freed become targets only for the
     // next one): write again while a pass still moves balloon pages, as an operator would.
+    let free_2m_compact = free_2m_blocks(vm)?;
     let t0 = Instant::now();
     let mut compact_rounds = 0;
-    let mut before = m1;
+    let mut writes = Vec::new();
+    let mut before = vm.vmstat()?;
     loop {
         compact_rounds += 1;
         vm.sh_timeout("echo 1 > /proc/sys/vm/compact_memory", STEP_TIMEOUT)
@@ -179,8 +295,10 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
                 ))),
             })
             .context(&what)?;
-        let now = balloon_migrate(vm)?;
-        let moved = now - before;
+        let now = vm.vmstat()?;
+        let write = CompactWrite::between(&before, &now)?;
+        let moved = write.balloon_migrated();
+        writes.push(write);
         before = now;
         if moved < PROGRESS_PAGES || compact_rounds == MAX_COMPACT_ROUNDS {
             break;
@@ -197,10 +315,8 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
     let t0 = Instant::now();
     let (st, out) = vm.sh_timeout(
         &format!(
-            // With the balloon pinned, the kernel may retry compaction for minutes under TCG:
-            // the pool grows page by page and stops at a signal, so what it has after 60 s is
-            // the figure (the migrating cases finish in well under a second).
-            "timeout 60 sh -c 'echo {hugepages_asked} > /proc/sys/vm/nr_hugepages'; \
+            // The pool grows page by page and stops at a signal: see HUGEPAGE_BOUND_SECS.
+            "timeout {HUGEPAGE_BOUND_SECS} sh -c 'echo {hugepages_asked} > /proc/sys/vm/nr_hugepages'; \
              cat /proc/sys/vm/nr_hugepages"
         ),
         STEP_TIMEOUT,
@@ -235,6 +351,10 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
         hugepage_secs,
         migrated_hugepages: m3 - m2,
         after_hugepages,
+        writes,
+        free_2m_fragmented,
+        free_2m_inflated,
+        free_2m_compact,
     };
     if case.migration && f.migrated_compact == 0 {
         return Err(Error::other(format!(

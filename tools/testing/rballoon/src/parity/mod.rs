@@ -27,6 +27,9 @@ pub struct Case {
     /// (`modprobe rballoon migration=0`): 7.3 offers no run-time switch, and the C driver always
     /// migrates when the kernel has `CONFIG_BALLOON_MIGRATION`.
     pub migration: bool,
+    /// Whether the Rust driver inflates by whole free 2 MiB blocks first (`blocks=1`, which the
+    /// operator must ask for); the C driver never does.
+    pub blocks: bool,
 }
 
 impl Case {
@@ -34,26 +37,40 @@ impl Case {
     pub const C: Case = Case {
         driver: Driver::C,
         migration: true,
+        blocks: false,
     };
     /// The Rust driver.
     pub const RUST: Case = Case {
         driver: Driver::Rust,
         migration: true,
+        blocks: false,
     };
     /// The Rust driver refusing balloon migration.
     pub const RUST_NO_MIGRATION: Case = Case {
         driver: Driver::Rust,
         migration: false,
+        blocks: false,
+    };
+    /// The Rust driver inflating by whole free 2 MiB blocks first.
+    pub const RUST_BLOCKS: Case = Case {
+        driver: Driver::Rust,
+        migration: true,
+        blocks: true,
     };
 
     /// The module parameters that make this case.
     fn module_args(self) -> Result<&'static str> {
-        match (self.driver, self.migration) {
-            (_, true) => Ok(""),
-            (Driver::Rust, false) => Ok("migration=0"),
-            (Driver::C, false) => Err(Error::other(
+        match (self.driver, self.migration, self.blocks) {
+            (_, true, false) => Ok(""),
+            (Driver::Rust, false, false) => Ok("migration=0"),
+            (Driver::Rust, true, true) => Ok("blocks=1"),
+            (Driver::Rust, false, true) => Ok("migration=0 blocks=1"),
+            (Driver::C, false, _) => Err(Error::other(
                 "the C driver cannot refuse balloon migration at run time (only a kernel without \
                  CONFIG_BALLOON_MIGRATION can)",
+            )),
+            (Driver::C, true, true) => Err(Error::other(
+                "the C driver has no block inflation: it takes single pages",
             )),
         }
     }
@@ -103,10 +120,12 @@ pub fn boot_with(
     case: Case,
     tweak: impl FnOnce(&mut VmConfig),
 ) -> Result<Vm> {
-    let tag = match (case.driver, case.migration) {
-        (Driver::C, _) => "c",
-        (Driver::Rust, true) => "rs",
-        (Driver::Rust, false) => "rs-nomig",
+    let tag = match (case.driver, case.migration, case.blocks) {
+        (Driver::C, _, _) => "c",
+        (Driver::Rust, true, false) => "rs",
+        (Driver::Rust, false, false) => "rs-nomig",
+        (Driver::Rust, true, true) => "rs-blocks",
+        (Driver::Rust, false, true) => "rs-nomig-blocks",
     };
     let t = match transport {
         Transport::Pci => "pci",
@@ -176,9 +195,11 @@ mod tests {
         assert_eq!(Case::C.to_string(), "C");
         assert_eq!(Case::RUST.to_string(), "Rust");
         assert_eq!(Case::RUST_NO_MIGRATION.to_string(), "Rust migration=0");
+        assert_eq!(Case::RUST_BLOCKS.to_string(), "Rust blocks=1");
         let c_off = Case {
             driver: Driver::C,
             migration: false,
+            blocks: false,
         };
         assert!(c_off.module_args().is_err());
     }

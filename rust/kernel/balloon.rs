@@ -254,6 +254,23 @@ impl BalloonBlock {
         })
     }
 
+    /// Takes a free block of `2^order` pages as [`BalloonBlock::alloc_if_free`] does, but only
+    /// where single-page allocations would split one anyway: once the page allocator has fewer
+    /// than a block's worth of free pages in smaller blocks and on its per-cpu lists. Until
+    /// then, `None`: a balloon that takes the smaller free pages first, as single pages do,
+    /// leaves the guest's free blocks whole for huge pages and compaction.
+    pub fn alloc_if_smallest(order: u32) -> Option<Self> {
+        if order > bindings::MAX_PAGE_ORDER {
+            return None;
+        }
+        // SAFETY: The helper only reads the zones' counters; it has no requirement.
+        let smaller = unsafe { bindings::balloon_free_below(order) };
+        if smaller >= 1 << order {
+            return None;
+        }
+        Self::alloc_if_free(order)
+    }
+
     /// How many pages the block had.
     pub fn pages(&self) -> usize {
         1 << self.order
@@ -1333,6 +1350,26 @@ mod tests {
         assert_eq!(page.pfn(), pfn);
         page.release();
         assert_eq!(b.pages(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn no_whole_block_while_smaller_free_pages_are_left() -> Result {
+        // Holes: two free 2 MiB blocks taken, every other page of each given back, a block's
+        // worth of free pages smaller than a block.
+        let mut kept = KVec::with_capacity(1 << BalloonBlock::HUGE_ORDER, GFP_KERNEL)?;
+        for _ in 0..2 {
+            let block = BalloonBlock::alloc_if_free(BalloonBlock::HUGE_ORDER).ok_or(ENOMEM)?;
+            for (i, page) in block.enumerate() {
+                if i % 2 == 0 {
+                    kept.push(page, GFP_KERNEL)?;
+                }
+            }
+        }
+        // Single pages would take those first: so does the policy.
+        assert!(BalloonBlock::alloc_if_smallest(BalloonBlock::HUGE_ORDER).is_none());
+        // Beyond the page allocator's orders there is never a block.
+        assert!(BalloonBlock::alloc_if_smallest(bindings::MAX_PAGE_ORDER + 1).is_none());
         Ok(())
     }
 

@@ -93,11 +93,11 @@ const WAKEUP_SIGNAL_STATS: u32 = 1 << 1;
 /// Guest pages in one full request buffer.
 const MAX_GUEST_PAGES: usize = VIRTIO_BALLOON_ARRAY_PFNS_MAX / PAGES_PER_PAGE as usize;
 
-/// Guest pages in a 2 MiB block, which inflation takes whole while the page allocator has free
-/// ones only when the operator asks (module parameter `blocks=1`): a host backed by huge pages
-/// can then free a whole host page, but the guest loses the free 2 MiB blocks that compaction
-/// needs to move balloon pages together, and with them most of its huge pages (see "Inflation
-/// and compaction" in Documentation/driver-api/virtio/rust_balloon.rst).
+/// Guest pages in a 2 MiB block, which inflation takes whole once the page allocator has no
+/// smaller free pages to give (single pages would split a block then anyway), or while any block
+/// is free when the operator asks (module parameter `blocks=1`): taking free blocks while holes
+/// are left costs the guest the free 2 MiB blocks compaction needs, and with them most of its
+/// huge pages (see "Inflation and compaction" in Documentation/driver-api/virtio/rust_balloon.rst).
 const BLOCK_PAGES: usize = 1 << BalloonBlock::HUGE_ORDER;
 
 /// Full buffers sent together while a step goes on: the host reads them while the next ones are
@@ -733,12 +733,20 @@ impl<'b> RBalloon<'b> {
             .min(STEP_PFNS_MAX)
             .div_ceil(PAGES_PER_PAGE as usize)
             .min(pages.capacity());
-        let mut blocks = module_parameters::blocks.value();
+        // Whole 2 MiB blocks where single pages would split one anyway (the page allocator has
+        // no smaller free pages left), as fast as blocks and as kind to huge pages as single
+        // pages; with `blocks=1`, while any block is free, even with smaller ones left.
+        let eager = module_parameters::blocks.value();
+        let mut blocks = true;
         while pages.len() < wanted {
-            // A whole 2 MiB block while the step has room for one and the page allocator has
-            // one free; single pages once it has none.
-            if blocks && wanted - pages.len() >= BLOCK_PAGES {
-                if let Some(block) = BalloonBlock::alloc_if_free(BalloonBlock::HUGE_ORDER) {
+            let room = wanted - pages.len();
+            if blocks && room >= BLOCK_PAGES {
+                let block = if eager {
+                    BalloonBlock::alloc_if_free(BalloonBlock::HUGE_ORDER)
+                } else {
+                    BalloonBlock::alloc_if_smallest(BalloonBlock::HUGE_ORDER)
+                };
+                if let Some(block) = block {
                     for page in block {
                         // Cannot fail: the step has room for the block. Were it to, the page
                         // would just be freed.
@@ -746,12 +754,13 @@ impl<'b> RBalloon<'b> {
                     }
                     continue;
                 }
-                blocks = false;
+                // With `blocks=1` none is free: single pages from now on. By default, a block's
+                // worth of single pages, then look again.
+                blocks = !eager;
             }
-            // Single pages, the rest of the step in one go: the holes of fragmented memory
-            // first, as C's one-at-a-time allocations take them, so the guest's free 2 MiB
-            // blocks stay whole for huge pages and compaction.
-            let want = wanted - pages.len();
+            // Single pages in one go: the holes of fragmented memory first, as C's
+            // one-at-a-time allocations take them.
+            let want = if blocks { room.min(BLOCK_PAGES) } else { room };
             let got = self.balloon.alloc_pages(want, |page| {
                 // Cannot fail: no more than the step's room is asked for. Were it to, the page
                 // would just be freed.
@@ -1194,7 +1203,7 @@ kernel::module_virtio_driver! {
         },
         blocks: bool {
             default: false,
-            description: "Inflate by whole free 2 MiB blocks first: whole host huge pages, fewer guest huge pages after compaction (0, the default: single pages in bulk, holes first, as C)",
+            description: "Take whole free 2 MiB blocks even while smaller free pages are left: whole host huge pages, fewer guest huge pages after compaction (0, the default: the smallest free pages first, as C)",
         },
     },
 }

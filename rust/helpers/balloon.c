@@ -57,20 +57,24 @@ __rust_helper struct page *rust_helper_balloon_block_alloc(unsigned int order)
 /*
  * Free pages the page allocator would hand out singly before it splits a free
  * block of 2^@order pages: those in smaller buddy blocks and on the per-cpu
- * lists, over the zones movable allocations use (a zone of less than a
- * sixteenth of memory, such as x86's 16 MiB ZONE_DMA kept for DMA by
- * lowmem_reserve, is left out). Racy reads: an estimate, for a policy.
+ * lists; and in *@free, all free pages. Over the zones movable allocations
+ * use: a zone of less than a sixteenth of memory, such as x86's 16 MiB
+ * ZONE_DMA kept for DMA by lowmem_reserve, is left out. Racy reads: an
+ * estimate, for a policy.
  */
-__rust_helper unsigned long rust_helper_balloon_free_below(unsigned int order)
+__rust_helper unsigned long rust_helper_balloon_free_below(unsigned int order,
+							   unsigned long *free)
 {
 	unsigned long pages = 0, tiny = totalram_pages() / 16;
 	struct zone *zone;
 	unsigned int o;
 	int cpu;
 
+	*free = 0;
 	for_each_populated_zone(zone) {
 		if (zone_managed_pages(zone) < tiny)
 			continue;
+		*free += zone_page_state(zone, NR_FREE_PAGES);
 		for (o = 0; o < order && o < NR_PAGE_ORDERS; o++) {
 			/* Unlocked: it moves under zone->lock; an estimate will do. */
 			pages += data_race(zone->free_area[o].nr_free) << o;

@@ -44,8 +44,10 @@ enum th_vq_index { TH_INFLATE, TH_DEFLATE, TH_STATS, TH_FREE_PAGE, TH_REPORTING,
 struct th_vq {
 	struct virtqueue *vq;
 	struct vringh vrh;
-	/* Buffers the host keeps instead of using them (until the device is reset). */
+	/* Buffers the host keeps instead of using them (until the device is reset) ... */
 	unsigned int nheld;
+	/* ... and their heads, for a host that uses them late (th_give_back()). */
+	u16 held[TH_VQ_SIZE];
 };
 
 /* The device and the host behind it. */
@@ -62,6 +64,7 @@ struct test_host {
 
 	/* How the host misbehaves. */
 	bool keep[TH_NUM_VQS];	/* never use the buffers of this queue */
+	bool give_back[TH_NUM_VQS]; /* use those kept after all, on the next run of the work */
 	bool bad_head[TH_NUM_VQS]; /* use them under an id the driver never queued */
 	bool keep_hint_blocks;	/* use command ids on the free page queue, keep the blocks */
 	u32 used_len;		/* the length every used buffer is returned with */
@@ -95,7 +98,7 @@ static bool th_serve(struct test_host *th, int i, struct vringh_kiov *riov,
 		     struct vringh_kiov *wiov)
 {
 	size_t out = vringh_kiov_length(riov);
-	bool keep = th->keep[i];
+	bool keep = READ_ONCE(th->keep[i]);
 
 	spin_lock_irq(&th->lock);
 	switch (i) {
@@ -173,6 +176,13 @@ static void th_work(struct work_struct *work)
 
 		if (!q->vq)
 			continue;
+		if (READ_ONCE(th->give_back[i])) {
+			WRITE_ONCE(th->give_back[i], false);
+			while (q->nheld) {
+				vringh_complete_kern(&q->vrh, q->held[--q->nheld], 0);
+				used = true;
+			}
+		}
 		for (;;) {
 			struct vringh_kiov riov, wiov;
 			u16 head;
@@ -185,7 +195,7 @@ static void th_work(struct work_struct *work)
 				if (i == TH_STATS)
 					th_count_stats_queued(th, q);
 				if (th_serve(th, i, &riov, &wiov)) {
-					q->nheld++;
+					q->held[q->nheld++] = head;
 				} else if (th->bad_head[i]) {
 					/* Out of range: no descriptor has this id. */
 					vringh_complete_kern(&q->vrh, TH_VQ_SIZE + 1, 0);
@@ -440,6 +450,17 @@ static void th_set_target(struct test_host *th, u32 pages)
 	th_set_config(th, &th->cfg.num_pages, pages);
 }
 
+/*
+ * The host comes back: it uses the buffers it kept on queue @i, as a VMM that was stopped
+ * does when it runs again, and those that come after.
+ */
+static void th_give_back(struct test_host *th, int i)
+{
+	WRITE_ONCE(th->keep[i], false);
+	WRITE_ONCE(th->give_back[i], true);
+	schedule_work(&th->work);
+}
+
 static void th_set_cmd_id(struct test_host *th, u32 id)
 {
 	th_set_config(th, &th->cfg.free_page_hint_cmd_id, id);
@@ -512,6 +533,76 @@ static void a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest(stru
 	ms = th_remove(th);
 	kunit_info(test, "removal took %u ms\n", ms);
 	KUNIT_EXPECT_LT_MSG(test, ms, 5000U, "removal waited for a silent host");
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_destroy(th);
+}
+
+/*
+ * The host stops using inflate requests for longer than the driver waits (a VMM stopped with
+ * SIGSTOP, a frozen cgroup), then uses them after all. The balloon waits for it meanwhile, and
+ * then follows the target again, up and down, with every page accounted for.
+ */
+static void a_host_that_stalls_on_inflate_then_answers_is_followed_again(struct kunit *test)
+{
+	unsigned long base = balloon_pages();
+	struct test_host *th = th_new(test, FEATURES_BASE);
+	unsigned int ms;
+
+	th->keep[TH_INFLATE] = true;
+	th_start(test, th);
+	th_set_target(th, 1024);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->pfns_inflated) > 0, 5000));
+	/* Past the driver's timeout: it stalled with what it had inflated. */
+	msleep(TH_DRIVER_TIMEOUT_MS + 2000);
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, (unsigned long)th_actual(th));
+
+	th_give_back(th, TH_INFLATE);
+	th_set_target(th, 4096);
+	KUNIT_EXPECT_TRUE_MSG(test, th_wait_for(th_actual(th) == 4096, 10000),
+			      "the balloon did not follow the target once the host answered: %u",
+			      th_actual(th));
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 4096UL);
+	KUNIT_EXPECT_GE(test, READ_ONCE(th->pfns_inflated), 4096UL);
+
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	KUNIT_EXPECT_GE(test, READ_ONCE(th->pfns_deflated), 4096UL);
+
+	ms = th_remove(th);
+	KUNIT_EXPECT_LT(test, ms, 5000U);
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_destroy(th);
+}
+
+/*
+ * The same with deflate requests: the pages the host was not told of stay in the balloon while
+ * it sleeps (MUST_TELL_HOST), and leave once it has used the requests it held, the target being
+ * reached without another config change.
+ */
+static void a_host_that_stalls_on_deflate_then_answers_is_followed_again(struct kunit *test)
+{
+	unsigned long base = balloon_pages();
+	struct test_host *th = th_new(test, FEATURES_BASE);
+
+	th_start(test, th);
+	th_set_target(th, 2048);
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 2048, 10000));
+
+	th->keep[TH_DEFLATE] = true;
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->pfns_deflated) > 0, 5000));
+	msleep(TH_DRIVER_TIMEOUT_MS + 2000);
+	KUNIT_EXPECT_EQ(test, th_actual(th), 2048U);
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
+
+	th_give_back(th, TH_DEFLATE);
+	KUNIT_EXPECT_TRUE_MSG(test, th_wait_for(th_actual(th) == 0, 10000),
+			      "the balloon did not deflate once the host answered: %u",
+			      th_actual(th));
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+
+	th_remove(th);
 	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
 	th_destroy(th);
 }
@@ -769,6 +860,8 @@ static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE_SLOW(hint_command_ids_out_of_order),
 	KUNIT_CASE_SLOW(a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest),
 	KUNIT_CASE_SLOW(a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon),
+	KUNIT_CASE_SLOW(a_host_that_stalls_on_inflate_then_answers_is_followed_again),
+	KUNIT_CASE_SLOW(a_host_that_stalls_on_deflate_then_answers_is_followed_again),
 	KUNIT_CASE(a_used_id_the_driver_never_queued_stops_the_balloon_at_once),
 	KUNIT_CASE_SLOW(a_host_keeping_reported_pages_does_not_keep_them),
 	KUNIT_CASE_SLOW(freeze_with_a_silent_host_is_bounded_and_restore_starts_afresh),

@@ -54,7 +54,10 @@ use kernel::{
     page::PAGE_SHIFT,
     prelude::*,
     shrinker::Shrinker,
-    sync::{CondVar, CondVarTimeoutResult, Mutex, SpinLockIrq},
+    sync::{
+        atomic::{Atomic, Relaxed, Release},
+        CondVar, CondVarTimeoutResult, Mutex, SpinLockIrq,
+    },
     time::{delay::fsleep, msecs_to_jiffies, Delta, Instant, Monotonic},
     virtio::{self, Virtqueue, VirtqueueInfo},
 };
@@ -210,9 +213,22 @@ struct Inner<'b> {
     deflated: KVVec<DeflatedPage>,
     /// Balloon pages (4 KiB) the host has been told about.
     num_pages: u32,
-    /// The host let [`HOST_TIMEOUT_MS`] pass without using a request: no request is sent any
-    /// more, so nothing else waits for it, and no page leaves the balloon (see [`leak`]).
-    host_silent: bool,
+    /// Whether the host takes requests.
+    host: HostState,
+}
+
+/// Whether the host takes inflate and deflate requests.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HostState {
+    /// It uses them.
+    Answering,
+    /// It let [`HOST_TIMEOUT_MS`] pass without using one (a VMM stopped or frozen, a starved I/O
+    /// thread): nothing more is sent, so nothing else waits for it, and no page leaves the
+    /// balloon (see [`leak`]), until it has used every request it holds ([`Host::catch_up`]).
+    Stalled,
+    /// The queue broke, or the device was reset to take back reported pages: nothing more is
+    /// sent until the device is set up anew (restore).
+    Gone,
 }
 
 /// One direction's queue with the request buffers and counters that go with it, borrowed from
@@ -221,7 +237,7 @@ struct Link<'a, 'b> {
     vq: &'a mut Virtqueue<'b, PfnBuffer>,
     pfns: &'a mut PfnBatch,
     in_flight: &'a mut usize,
-    host_silent: &'a mut bool,
+    host: &'a mut HostState,
 }
 
 impl<'b> Inner<'b> {
@@ -236,7 +252,7 @@ impl<'b> Inner<'b> {
             vq,
             pfns: &mut self.pfns,
             in_flight: &mut self.in_flight,
-            host_silent: &mut self.host_silent,
+            host: &mut self.host,
         })
     }
 }
@@ -265,6 +281,10 @@ struct Host<'b> {
     acks: SpinLockIrq<u64>,
     #[pin]
     acked: CondVar,
+    /// Whether [`Inner::host`] is [`HostState::Stalled`], for the queue callbacks (interrupt
+    /// context, where the lock cannot be taken): a buffer used then brings the size work back to
+    /// catch up with the host.
+    stalled: Atomic<bool>,
     /// `None` without `VIRTIO_BALLOON_F_REPORTING`, and between freeze and restore.
     #[pin]
     reporting: Mutex<Option<Reporting<'b>>>,
@@ -274,18 +294,58 @@ struct Host<'b> {
 type Balloon<'b> = BalloonDevInfo<Host<'b>>;
 
 impl Host<'_> {
-    /// Whether the host let a request time out (see [`Inner::host_silent`]).
-    fn is_silent(&self) -> bool {
-        self.lock.lock().host_silent
+    /// Whether the host answers requests. A stalled host that has used every request it held
+    /// since answers again: its buffers are taken back, and the balloon follows the target again.
+    fn catch_up(&self) -> bool {
+        let mut inner = self.lock.lock();
+        if inner.host != HostState::Stalled {
+            return inner.host == HostState::Answering;
+        }
+        let Inner {
+            queues,
+            pfns,
+            in_flight,
+            host,
+            ..
+        } = &mut *inner;
+        let Some(queues) = queues.as_mut() else {
+            return false;
+        };
+        for vq in [&mut queues.inflate, &mut queues.deflate] {
+            while let Some((buf, _len)) = vq.get_buf() {
+                pfns.give_back(buf);
+                *in_flight = in_flight.saturating_sub(1);
+            }
+            if vq.is_broken() {
+                dev_err!(
+                    self.dev,
+                    "the request queue broke while the host held requests: no more are sent\n"
+                );
+                *host = HostState::Gone;
+                self.stalled.store(false, Relaxed);
+                return false;
+            }
+        }
+        if *in_flight != 0 {
+            return false;
+        }
+        *host = HostState::Answering;
+        self.stalled.store(false, Relaxed);
+        dev_info!(
+            self.dev,
+            "the host used the requests it held: the balloon follows the target again\n"
+        );
+        true
     }
 
-    /// After a reset (freeze and restore) the device is a new one: a host that went silent gets
-    /// another chance, with new request buffers for those the old queues kept and freed.
+    /// After a reset (freeze and restore) the device is a new one: a host that stalled or went
+    /// gets another chance, with new request buffers for those the old queues kept and freed.
     fn start_afresh(&self) -> Result {
         let mut inner = self.lock.lock();
-        if inner.host_silent {
+        if inner.host != HostState::Answering {
             inner.pfns = PfnBatch::new(MAX_BUFFERS_IN_FLIGHT, Geometry::KERNEL, GFP_KERNEL)?;
-            inner.host_silent = false;
+            inner.host = HostState::Answering;
+            self.stalled.store(false, Relaxed);
         }
         Ok(())
     }
@@ -337,15 +397,15 @@ impl Host<'_> {
     /// [`Host::finish`] waits for them all. Waits for a used buffer only when the queue is full or
     /// the batch would have no empty buffer left for the caller to fill.
     ///
-    /// Returns `false` if a request could not be queued: the device is broken, or the host went
-    /// silent (see [`Host::wait_in_flight`]). The caller must call [`Host::finish`] either way.
+    /// Returns `false` if a request could not be queued: the device is broken, or the host does
+    /// not answer (see [`Host::wait_in_flight`]). The caller must call [`Host::finish`] either way.
     fn send(&self, inner: &mut Inner<'_>, dir: Direction) -> bool {
         let Some(mut l) = inner.link(dir) else {
             return false;
         };
         let mut queued = false;
         let mut sent = true;
-        while !*l.host_silent && l.pfns.filled() != 0 {
+        while *l.host == HostState::Answering && l.pfns.filled() != 0 {
             if batch::buffers_that_fit(l.vq.num_free()) == 0 {
                 if !self.wait_in_flight(&mut l, 1) {
                     sent = false;
@@ -373,7 +433,7 @@ impl Host<'_> {
         if sent && l.pfns.spare() == 0 && *l.in_flight != 0 {
             sent = self.wait_in_flight(&mut l, 1);
         }
-        if *l.host_silent || !sent {
+        if *l.host != HostState::Answering || !sent {
             // Nothing more can be sent; the next step starts afresh.
             l.pfns.start(0);
             return false;
@@ -382,7 +442,7 @@ impl Host<'_> {
     }
 
     /// Waits until the host has used every buffer [`Host::send`] queued on `dir`. Returns
-    /// `false` if it went silent first.
+    /// `false` if it stalled first.
     fn finish(&self, inner: &mut Inner<'_>, dir: Direction) -> bool {
         match inner.link(dir) {
             Some(mut l) => {
@@ -394,11 +454,12 @@ impl Host<'_> {
     }
 
     /// Takes back `n` used buffers from the queue, waiting at most [`HOST_TIMEOUT_MS`] for each.
-    /// If the host lets that pass, it is silent from then on: no request is sent any more and the
-    /// buffers it holds stay with the queue until the device is reset.
+    /// If the host lets that pass, it has stalled: no request is sent until it has used those it
+    /// holds, which stay with the queue meanwhile ([`Host::catch_up`]). Waiting on would hold the
+    /// size work, and the OOM notifier or compaction with it, for as long as the host sleeps.
     fn wait_in_flight(&self, l: &mut Link<'_, '_>, n: usize) -> bool {
         for _ in 0..n.min(*l.in_flight) {
-            if *l.host_silent {
+            if *l.host != HostState::Answering {
                 return false;
             }
             let Some(buf) = self.wait_used(l.vq) else {
@@ -408,21 +469,25 @@ impl Host<'_> {
                         "the request queue is broken: no more requests are sent, and no page \
                          leaves the balloon\n"
                     );
+                    *l.host = HostState::Gone;
                 } else {
-                    dev_err!(
+                    dev_warn!(
                         self.dev,
-                        "the host used no request within {} ms: no more are sent, and no page \
-                         leaves the balloon\n",
+                        "the host has used no request for {} ms: the balloon waits for it, \
+                         taking and giving back no page meanwhile\n",
                         HOST_TIMEOUT_MS
                     );
+                    *l.host = HostState::Stalled;
+                    // Before the size work looks at the queues again (`catch_up`): a buffer
+                    // used after that look finds the flag set and brings the work back.
+                    self.stalled.store(true, Release);
                 }
-                *l.host_silent = true;
                 return false;
             };
             l.pfns.give_back(buf);
             *l.in_flight -= 1;
         }
-        !*l.host_silent
+        *l.host == HostState::Answering
     }
 
     /// Sends the PFNs in `inner.pfns` to the host and waits until it has read them (the C
@@ -564,7 +629,7 @@ impl BalloonMigrate for Host<'_> {
         if inner.queues.is_none() {
             return Err(EAGAIN);
         }
-        if inner.host_silent {
+        if inner.host != HostState::Answering {
             // The host could not be told: the page stays where it is.
             return Err(EBUSY);
         }
@@ -589,8 +654,8 @@ impl BalloonReport for Host<'_> {
     ///
     /// Unlike C, the wait is bounded: a host that keeps the pages past [`HOST_TIMEOUT_MS`] (or
     /// breaks the queue) gets the device reset, which is what hands the pages back to mm, and
-    /// the balloon stops as for a silent host. Waiting on would hang mm's reporting worker, and
-    /// removal and freeze with it, for as long as the host likes.
+    /// the balloon stops until the device is set up anew ([`HostState::Gone`]). Waiting on would
+    /// hang mm's reporting worker, and removal and freeze with it, for as long as the host likes.
     fn report(b: &Balloon<'_>, pages: &ReportedPages<'_>) -> Result {
         let mut reporting = b.reporting.lock();
         let Some(r) = &mut *reporting else {
@@ -623,7 +688,8 @@ impl BalloonReport for Host<'_> {
                 );
                 // The queue is dead with the device; no report is sent any more.
                 *reporting = None;
-                b.lock.lock().host_silent = true;
+                b.lock.lock().host = HostState::Gone;
+                b.stalled.store(false, Relaxed);
                 Err(e)
             }
         }
@@ -870,12 +936,13 @@ impl<'b> RBalloon<'b> {
         let diff = self.balloon.towards_target();
         let current = self.balloon.lock.lock().num_pages;
         let step = target::next_step(diff, current, STEP_PFNS_MAX);
-        // A host that stopped using requests cannot be told of any change: the balloon stays
-        // as it is (no page is taken for a host that will not hear of it, none given back
-        // without telling it), and the work does not come back for it.
-        let silent = self.balloon.is_silent();
+        // A host that holds requests cannot be told of any change: the balloon stays as it is
+        // (no page is taken for a host that will not hear of it, none given back without
+        // telling it), and the work does not come back for it: the queue callback brings it
+        // back once the host uses a request again (`vq_callback`).
+        let answering = self.balloon.catch_up();
         let done = match step {
-            _ if silent => 0,
+            _ if !answering => 0,
             Step::Idle => 0,
             Step::Inflate(n) => self.fill(n),
             Step::Deflate(n) => leak(&self.balloon, n),
@@ -885,7 +952,7 @@ impl<'b> RBalloon<'b> {
         }
         // Not done yet: the next run finishes the event. `queue_work()` only refuses, from the
         // running work item, once the driver is going away: then nothing will finish it later.
-        if target::remaining(diff, step, done) == 0 || silent || !dev.queue_work(WORK_SIZE) {
+        if target::remaining(diff, step, done) == 0 || !answering || !dev.queue_work(WORK_SIZE) {
             self.finish_wakeup_event();
         }
     }
@@ -927,14 +994,12 @@ impl<'b> RBalloon<'b> {
     /// balloon is dropped, after the device was reset (a reset device holds no pages).
     fn deflate_all(&self) {
         loop {
-            let (num, silent) = {
-                let inner = self.balloon.lock.lock();
-                (inner.num_pages, inner.host_silent)
-            };
+            let answering = self.balloon.catch_up();
+            let num = self.balloon.lock.lock().num_pages;
             if num == 0 {
                 break;
             }
-            if silent {
+            if !answering {
                 dev_err!(
                     self.dev,
                     "{} balloon pages (4 KiB) not deflated: the host does not answer\n",
@@ -1058,10 +1123,11 @@ impl virtio::Driver for RBalloonDriver {
                         deflated,
                         num_pages: 0,
                         in_flight: 0,
-                        host_silent: false,
+                        host: HostState::Answering,
                     }),
                     acks <- new_spinlock_irq!(0),
                     acked <- new_condvar!(),
+                    stalled: Atomic::new(false),
                     reporting <- new_mutex!(all.reporting),
                 }? Error)),
                 inflating <- new_mutex!(inflating),
@@ -1141,7 +1207,14 @@ impl virtio::Driver for RBalloonDriver {
                 this.start_wakeup_event(WAKEUP_SIGNAL_STATS);
                 dev.queue_work(WORK_STATS);
             }
-            _ => this.balloon.ack(),
+            _ => {
+                this.balloon.ack();
+                // A stalled host used a request it held: the size work takes the buffers back
+                // and, once it has them all, follows the target again.
+                if this.balloon.stalled.load(Relaxed) {
+                    this.start_update_balloon_size(dev);
+                }
+            }
         }
     }
 

@@ -17,6 +17,7 @@
 #include <linux/delay.h>
 #include <linux/gfp.h>
 #include <linux/jiffies.h>
+#include <linux/migrate.h>
 #include <linux/mm.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
@@ -72,6 +73,7 @@ struct test_host {
 
 	/* What the host saw. */
 	unsigned long pfns_inflated, pfns_deflated;
+	unsigned long inflated_pfn;	/* the first PFN of the last inflate request */
 	unsigned long stats_answers;
 	unsigned long reported_bytes;
 	unsigned int stats_queued_max;	/* statistics buffers with the host at once */
@@ -104,6 +106,8 @@ static bool th_serve(struct test_host *th, int i, struct vringh_kiov *riov,
 	switch (i) {
 	case TH_INFLATE:
 		th->pfns_inflated += out / sizeof(__le32);
+		if (out >= sizeof(__le32))
+			th->inflated_pfn = le32_to_cpu(*(__le32 *)th_buf(&riov->iov[0]));
 		break;
 	case TH_DEFLATE:
 		th->pfns_deflated += out / sizeof(__le32);
@@ -607,6 +611,67 @@ static void a_host_that_stalls_on_deflate_then_answers_is_followed_again(struct 
 	th_destroy(th);
 }
 
+/* A migration target, as compaction allocates one. */
+static struct folio *th_new_folio(struct folio *src, unsigned long private)
+{
+	struct page *page = alloc_page(GFP_HIGHUSER_MOVABLE);
+
+	return page ? page_folio(page) : NULL;
+}
+
+/* Migrates the balloon page at @pfn as compaction does; returns migrate_pages()'s result. */
+static int th_compact_one(unsigned long pfn)
+{
+	struct page *page = pfn_to_page(pfn);
+	LIST_HEAD(pages);
+	int ret;
+
+	if (!isolate_movable_ops_page(page, 0))
+		return -EBUSY;
+	list_add(&page->lru, &pages);
+	ret = migrate_pages(&pages, th_new_folio, NULL, 0, MIGRATE_SYNC, MR_COMPACTION, NULL);
+	if (ret)
+		putback_movable_pages(&pages);
+	return ret;
+}
+
+/*
+ * Compaction moves a balloon page while the host holds deflate requests. With MUST_TELL_HOST
+ * the old page may leave the balloon only once the host knows, so the migration fails after
+ * the driver's timeout and the page stays in the balloon: still there, still counted, and
+ * deflated (told) with the rest once the host answers.
+ */
+static void a_migration_the_host_was_not_told_of_fails(struct kunit *test)
+{
+	unsigned long base = balloon_pages(), pfn, inflated;
+	struct test_host *th = th_new(test, FEATURES_BASE);
+	int ret;
+
+	if (!IS_ENABLED(CONFIG_BALLOON_MIGRATION))
+		kunit_skip(test, "no balloon migration in this kernel");
+	th_start(test, th);
+	th_set_target(th, 1024);
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 1024, 10000));
+	pfn = READ_ONCE(th->inflated_pfn);
+	inflated = READ_ONCE(th->pfns_inflated);
+
+	th->keep[TH_DEFLATE] = true;
+	ret = th_compact_one(pfn);
+	KUNIT_EXPECT_NE_MSG(test, ret, 0, "the page left the balloon untold");
+	KUNIT_EXPECT_TRUE(test, page_has_movable_ops(pfn_to_page(pfn)));
+	/* Nothing new was inflated for a migration that failed. */
+	KUNIT_EXPECT_EQ(test, READ_ONCE(th->pfns_inflated), inflated);
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 1024UL);
+	KUNIT_EXPECT_EQ(test, th_actual(th), 1024U);
+
+	th_give_back(th, TH_DEFLATE);
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_remove(th);
+	th_destroy(th);
+}
+
 /*
  * The host takes deflate requests and never uses them. With MUST_TELL_HOST no page may go back
  * to the guest before the host was told, so every page stays in the balloon, `actual` stays
@@ -862,6 +927,7 @@ static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE_SLOW(a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon),
 	KUNIT_CASE_SLOW(a_host_that_stalls_on_inflate_then_answers_is_followed_again),
 	KUNIT_CASE_SLOW(a_host_that_stalls_on_deflate_then_answers_is_followed_again),
+	KUNIT_CASE_SLOW(a_migration_the_host_was_not_told_of_fails),
 	KUNIT_CASE(a_used_id_the_driver_never_queued_stops_the_balloon_at_once),
 	KUNIT_CASE_SLOW(a_host_keeping_reported_pages_does_not_keep_them),
 	KUNIT_CASE_SLOW(freeze_with_a_silent_host_is_bounded_and_restore_starts_afresh),

@@ -262,6 +262,17 @@ impl<'b> Inner<'b> {
 /// broken or hostile, and waiting longer would hang the size work, remove and freeze with it.
 const HOST_TIMEOUT_MS: u32 = 30_000;
 
+/// How far a request got (see [`Host::tell_page`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Told {
+    /// The host used it.
+    Yes,
+    /// It is with the host, which has not used it (yet): it may still act on it at any time.
+    Queued,
+    /// The host never got it.
+    No,
+}
+
 /// Which queue a request goes to.
 #[derive(Clone, Copy)]
 enum Direction {
@@ -500,13 +511,20 @@ impl Host<'_> {
         sent && done
     }
 
-    /// Sends the PFNs of the single guest page `pfn` on `dir`.
-    fn tell_page(&self, inner: &mut Inner<'_>, dir: Direction, pfn: usize) -> bool {
+    /// Sends the PFNs of the single guest page `pfn` on `dir`, and says how far they got.
+    fn tell_page(&self, inner: &mut Inner<'_>, dir: Direction, pfn: usize) -> Told {
         inner.pfns.start(1);
         if inner.pfns.push_page(pfn).is_err() {
-            return false;
+            return Told::No;
         }
-        self.tell_host(inner, dir)
+        let before = inner.in_flight;
+        let sent = self.send(inner, dir);
+        let queued = inner.in_flight > before;
+        match (self.finish(inner, dir) && sent, queued) {
+            (true, _) => Told::Yes,
+            (false, true) => Told::Queued,
+            (false, false) => Told::No,
+        }
     }
 
     /// Tells the host how large the balloon is (the C `update_balloon_size()`).
@@ -633,9 +651,21 @@ impl BalloonMigrate for Host<'_> {
             // The host could not be told: the page stays where it is.
             return Err(EBUSY);
         }
-        self.tell_page(&mut inner, Direction::Inflate, newpage.pfn());
-        self.tell_page(&mut inner, Direction::Deflate, page.pfn());
-        Ok(())
+        // The old page first (C tells the new one first): with MUST_TELL_HOST it may leave the
+        // balloon only once the host knows, so unless the host used the request the migration
+        // fails and the page stays, which is safe whatever the host does with the request later.
+        if self.tell_page(&mut inner, Direction::Deflate, page.pfn()) != Told::Yes {
+            return Err(EAGAIN);
+        }
+        // Then the new one. Once its request is with the host, the host may discard the page
+        // whenever it reads it: the migration must then succeed, keeping the page in the
+        // balloon, rather than fail and hand it to the page allocator. Only a request the host
+        // never got lets it fail; the old page then stays in the balloon, unused, which the
+        // host thinks deflated: safe, and told again when it leaves.
+        match self.tell_page(&mut inner, Direction::Inflate, newpage.pfn()) {
+            Told::Yes | Told::Queued => Ok(()),
+            Told::No => Err(EAGAIN),
+        }
     }
 }
 

@@ -55,6 +55,16 @@ fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
     })
 }
 
+/// Guest RAM the VM's QEMU holds in transparent huge pages, kB (`AnonHugePages` of its
+/// /proc/<pid>/smaps_rollup; QEMU asks for them on guest RAM with `MADV_HUGEPAGE`). A balloon
+/// page discarded inside one splits it, and the rest of it stays resident in small pages.
+pub fn qemu_anon_huge_kb(vm: &Vm) -> Result<u64> {
+    let path = format!("/proc/{}/smaps_rollup", qemu_pid(vm)?);
+    let text = fs::read_to_string(&path).context(format!("reading {path}"))?;
+    parse_status_kb(&text, "AnonHugePages:")
+        .ok_or_else(|| Error::other(format!("no AnonHugePages line in {path}")))
+}
+
 /// The resident set of the VM's QEMU in kB.
 pub fn qemu_rss_kb(vm: &Vm) -> Result<u64> {
     rss_kb(qemu_pid(vm)?)

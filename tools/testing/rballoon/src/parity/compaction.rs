@@ -14,6 +14,7 @@ use super::{meminfo_mib, vmstat_field, Case};
 use crate::config::VmConfig;
 use crate::error::{Context, Error, Result};
 use crate::guestmem::{self, Held};
+use crate::hostmem;
 use crate::scenario::{balloon_step, observe, Step};
 use crate::vm::Vm;
 use std::collections::BTreeMap;
@@ -133,6 +134,14 @@ pub struct Figures {
     /// ... and after the balloon inflated: what a balloon that took blocks while smaller free
     /// pages were left leaves behind.
     pub small_free_inflated: u64,
+    /// The host's side, MiB: QEMU's resident guest RAM and the part of it in transparent huge
+    /// pages ([`hostmem::qemu_anon_huge_kb`]) with the fragmenter's holes in memory ...
+    pub host_rss_fragmented: u64,
+    pub host_thp_fragmented: u64,
+    /// ... and after the balloon inflated: what the host gained, and how many of its huge pages
+    /// the balloon's discards split.
+    pub host_rss_inflated: u64,
+    pub host_thp_inflated: u64,
 }
 
 impl Figures {
@@ -173,6 +182,8 @@ impl Figures {
             format!("{:.1}", self.compact_secs),
             format!("{}/{}", self.hugepages, self.hugepages_asked),
             format!("{:.1}", self.hugepage_secs),
+            format!("{}/{}", self.host_rss_fragmented, self.host_rss_inflated),
+            format!("{}/{}", self.host_thp_fragmented, self.host_thp_inflated),
         ]
     }
 }
@@ -229,6 +240,8 @@ fn summary(title: &str, runs: &[Figures]) -> String {
             "compact s",
             "2M hugepages",
             &format!("hugepage s (bound {HUGEPAGE_BOUND_SECS})"),
+            "host RSS MiB",
+            "host THP MiB",
         ],
         &runs.iter().map(Figures::row).collect::<Vec<_>>(),
     )
@@ -296,10 +309,14 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
     let m0 = balloon_migrate(vm)?;
     let free_2m_fragmented = free_2m_blocks(vm)?;
     let small_free_fragmented = small_free_mib(vm, free_2m_fragmented)?;
+    let host_rss_fragmented = hostmem::qemu_rss_kb(vm)? / 1024;
+    let host_thp_fragmented = hostmem::qemu_anon_huge_kb(vm)? / 1024;
     let inflated = balloon_step(vm, "inflate", mem_mib - holes_mib, STEP_TIMEOUT)?;
     inflated.check().context(&what)?;
     let free_2m_inflated = free_2m_blocks(vm)?;
     let small_free_inflated = small_free_mib(vm, free_2m_inflated)?;
+    let host_rss_inflated = hostmem::qemu_rss_kb(vm)? / 1024;
+    let host_thp_inflated = hostmem::qemu_anon_huge_kb(vm)? / 1024;
     frag.release(vm).context(&what)?;
     let m1 = balloon_migrate(vm)?;
 
@@ -382,6 +399,10 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
         free_2m_compact,
         small_free_fragmented,
         small_free_inflated,
+        host_rss_fragmented,
+        host_thp_fragmented,
+        host_rss_inflated,
+        host_thp_inflated,
     };
     if case.migration && f.migrated_compact == 0 {
         return Err(Error::other(format!(

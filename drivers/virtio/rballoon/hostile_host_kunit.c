@@ -580,6 +580,26 @@ static void a_host_that_stalls_on_inflate_then_answers_is_followed_again(struct 
 }
 
 /*
+ * Starts @th, inflates 2048 pages, then keeps the deflate requests that bring the balloon back
+ * to 0 past the driver's timeout: with MUST_TELL_HOST every page it could not tell the host
+ * about is back in the balloon, and `actual` says so. @base: balloon_pages() before the start.
+ */
+static void th_keep_deflating(struct kunit *test, struct test_host *th, unsigned long base)
+{
+	th_start(test, th);
+	th_set_target(th, 2048);
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 2048, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
+
+	th->keep[TH_DEFLATE] = true;
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->pfns_deflated) > 0, 5000));
+	msleep(TH_DRIVER_TIMEOUT_MS + 2000);
+	KUNIT_EXPECT_EQ(test, th_actual(th), 2048U);
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
+}
+
+/*
  * The same with deflate requests: the pages the host was not told of stay in the balloon while
  * it sleeps (MUST_TELL_HOST), and leave once it has used the requests it held, the target being
  * reached without another config change.
@@ -589,17 +609,7 @@ static void a_host_that_stalls_on_deflate_then_answers_is_followed_again(struct 
 	unsigned long base = balloon_pages();
 	struct test_host *th = th_new(test, FEATURES_BASE);
 
-	th_start(test, th);
-	th_set_target(th, 2048);
-	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 2048, 10000));
-
-	th->keep[TH_DEFLATE] = true;
-	th_set_target(th, 0);
-	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->pfns_deflated) > 0, 5000));
-	msleep(TH_DRIVER_TIMEOUT_MS + 2000);
-	KUNIT_EXPECT_EQ(test, th_actual(th), 2048U);
-	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
-
+	th_keep_deflating(test, th, base);
 	th_give_back(th, TH_DEFLATE);
 	KUNIT_EXPECT_TRUE_MSG(test, th_wait_for(th_actual(th) == 0, 10000),
 			      "the balloon did not deflate once the host answered: %u",
@@ -684,19 +694,7 @@ static void a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon(struc
 	struct test_host *th = th_new(test, FEATURES_BASE);
 	unsigned int ms;
 
-	th_start(test, th);
-	th_set_target(th, 2048);
-	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 2048, 10000));
-	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
-
-	th->keep[TH_DEFLATE] = true;
-	th_set_target(th, 0);
-	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->pfns_deflated) > 0, 5000));
-	/* Past the driver's timeout: the pages it could not tell the host about are back. */
-	msleep(TH_DRIVER_TIMEOUT_MS + 2000);
-	KUNIT_EXPECT_EQ(test, th_actual(th), 2048U);
-	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
-
+	th_keep_deflating(test, th, base);
 	ms = th_remove(th);
 	KUNIT_EXPECT_LT_MSG(test, ms, 5000U, "removal waited for a silent host");
 	KUNIT_EXPECT_EQ(test, balloon_pages(), base);

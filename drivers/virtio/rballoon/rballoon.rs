@@ -980,6 +980,10 @@ impl<'b> RBalloon<'b> {
         if diff != 0 {
             self.balloon.update_balloon_size();
         }
+        // Should the host have stalled during this step, look at its queues once more: a
+        // request it used between the timeout and `Host::stalled` being set raised no work, and
+        // those used after this look will.
+        let answering = answering && self.balloon.catch_up();
         // Not done yet: the next run finishes the event. `queue_work()` only refuses, from the
         // running work item, once the driver is going away: then nothing will finish it later.
         if target::remaining(diff, step, done) == 0 || !answering || !dev.queue_work(WORK_SIZE) {

@@ -93,3 +93,13 @@ __rust_helper struct workqueue_struct *rust_helper_virtio_alloc_own_workqueue(co
 {
 	return alloc_workqueue("%s", WQ_FREEZABLE | WQ_CPU_INTENSIVE | WQ_PERCPU, 0, name);
 }
+
+/*
+ * Whether @vq hands buffers to the device at their guest-physical addresses,
+ * with nothing mapped for it: vring_use_map_api() was false, so
+ * virtqueue_dma_dev() is NULL, and the device has no mapping ops of its own.
+ */
+__rust_helper bool rust_helper_virtio_vq_addresses_guest_memory(struct virtqueue *vq)
+{
+	return !virtqueue_dma_dev(vq) && !vq->vdev->map;
+}

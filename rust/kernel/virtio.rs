@@ -15,8 +15,12 @@
 //!   stored, and on removal work is cancelled, the device reset and the callbacks synchronised
 //!   before the data is dropped.
 //! - Virtqueues are deleted (`del_vqs`) when the last [`Virtqueue`] of a [`Virtqueues`] set is
-//!   dropped, after the device has been reset, and the buffers still queued are given back and
+//!   dropped, after the device has been stopped, and the buffers still queued are given back and
 //!   dropped then.
+//! - Only the abstraction resets the device, and always the same way: it marks the queues broken
+//!   first (`virtio_break_device()`, so that nothing kicks a reset device and no callback runs
+//!   on it), waits for running callbacks, then resets. Whether the device was stopped is
+//!   recorded here, never read back from the device: a status the host reports proves nothing.
 //!
 //! # API summary
 //!
@@ -30,16 +34,17 @@
 //!   `has_config_access`, `config_read_le::<u8|u16|u32|u64>(offset)`, `config_write_le`,
 //!   `queue_work(id)` (freezable system workqueue; refused before `ready` and while going away),
 //!   `queue_own_work(id)` (the device's own workqueue, for long CPU-bound work);
-//!   core: `find_vqs(&[VirtqueueInfo])`, `reset`, `alloc_own_workqueue(name)`.
+//!   core: `find_vqs(&[VirtqueueInfo])`, `alloc_own_workqueue(name)`.
 //! - [`VirtqueueInfo`]: `new(name)`, `without_callback(name)`, `absent()`, `new_if(bool, name)`.
 //!   [`Virtqueues`]: `take::<T>(position)`, `has(position)`.
 //! - [`Virtqueue<T>`](Virtqueue), buffers are `KBox<T>`: `add_outbuf` (`T:` [`OutBuffer`]),
 //!   `add_inbuf` (`T:` [`InBuffer`]), `lend_inbuf_sg` (a borrowed [`LentScatterList`], e.g. free
 //!   pages to report), unsafe `add_inbuf_sg`, `get_buf -> (KBox<T>, len)`, `kick`,
 //!   `kick_prepare`, `notify`, `size`, `num_free`, `index`, `disable_cb`, `enable_cb`,
-//!   `is_broken`; `add_inbuf_pages` lends a [`PageBlock`] (`T:` [`PageBuffer`]). Dropping the
-//!   last queue of a set resets the device, frees the buffers still queued and deletes the
-//!   queues.
+//!   `is_broken`; `add_inbuf_pages` lends a [`PageBlock`] (`T:` [`PageBuffer`]),
+//!   `hint_pages` tells the device where one is without lending it (devices that address
+//!   guest-physical memory, `addresses_guest_memory`). Dropping a queue stops the device and frees
+//!   the buffers still queued; dropping the last one of a set deletes the queues. Both may sleep.
 //! - [`PageBlock`]: `alloc_if_free(order)` (a free block if one is at hand, never reclaiming),
 //!   `order`, `pages`, `bytes`; freed on drop.
 //!
@@ -55,7 +60,7 @@ use crate::{
     prelude::*,
     sync::{
         atomic::{Acquire, Atomic, Full, Release},
-        new_spinlock_irq, SpinLockIrq,
+        new_spinlock_irq, Arc, SpinLockIrq,
     },
     types::Opaque,
     workqueue, ThisModule,
@@ -66,8 +71,11 @@ use core::{
     ptr::{addr_of_mut, NonNull},
 };
 
+mod device_stop;
 mod page_block;
 mod virtqueue;
+
+use self::device_stop::DeviceStop;
 
 pub use self::page_block::PageBlock;
 pub use self::virtqueue::{
@@ -264,13 +272,15 @@ impl<T: Driver> Adapter<T> {
         let data = unsafe { dd.map_unchecked(|d| &d.data) };
         T::unbind(dev, data);
 
-        // From here on callbacks find no data; the device is reset, and callbacks that already
+        // From here on callbacks find no data; the device is stopped, and callbacks that already
         // found the data are waited for, before the data is dropped after this function.
         dd.state.unpublish();
-        // SAFETY: `vdev` is valid; the device is bound and not being reset concurrently.
-        unsafe { bindings::virtio_reset_device(vdev) };
-        // SAFETY: `vdev` is valid.
-        unsafe { bindings::virtio_synchronize_cbs(vdev) };
+        // Always, whatever a queue did before: the bus expects a reset device after `remove`.
+        // SAFETY: `vdev` is valid and bound; `remove` runs in `Core` context.
+        unsafe { DeviceStop::stop_now(vdev) };
+        // The queues, dropped with the data after this function, need not stop it again (which
+        // would undo the `ACKNOWLEDGE` the bus sets next).
+        dd.state.stop.mark_stopped();
     }
 
     extern "C" fn shutdown_callback(vdev: *mut bindings::virtio_device) {
@@ -285,9 +295,11 @@ impl<T: Driver> Adapter<T> {
         let data = unsafe { dd.map_unchecked(|d| &d.data) };
         T::shutdown(dev, data);
 
-        // What the virtio core does for drivers without a `shutdown` method.
+        // What the virtio core does for drivers without a `shutdown` method: break, wait for
+        // the callbacks, reset.
         // SAFETY: `vdev` is valid.
         unsafe { bindings::virtio_device_shutdown(vdev) };
+        dd.state.stop.mark_stopped();
     }
 
     extern "C" fn config_changed_callback(vdev: *mut bindings::virtio_device) {
@@ -394,9 +406,11 @@ impl<T: Driver> Adapter<T> {
 ///   `stopped` is `false` and `data` is not NULL.
 /// - `own_wq` is NULL or a workqueue allocated by [`Device::alloc_own_workqueue`], set once and
 ///   destroyed when the state is dropped, after all work items were cancelled.
+/// - `stop` is the device's, shared with every [`Virtqueue`] set made by [`Device::find_vqs`].
 #[pin_data(PinnedDrop)]
 struct DeviceState {
     vdev: *mut bindings::virtio_device,
+    stop: Arc<DeviceStop>,
     data: Atomic<*mut c_void>,
     #[pin]
     stopped: SpinLockIrq<bool>,
@@ -427,9 +441,10 @@ impl DeviceState {
         run_work: unsafe fn(&DeviceState, usize),
         nr_works: usize,
     ) -> impl PinInit<Self, Error> {
-        let init = move |works: KVec<DeviceWork>| {
+        let init = move |stop: Arc<DeviceStop>, works: KVec<DeviceWork>| {
             try_pin_init!(Self {
                 vdev,
+                stop,
                 data: Atomic::new(core::ptr::null_mut()),
                 stopped <- new_spinlock_irq!(false, "virtio::DeviceState::stopped"),
                 works,
@@ -445,6 +460,8 @@ impl DeviceState {
             })
         };
         pin_init::pin_init_scope(move || {
+            // INVARIANT: Made for `vdev`, and shared by the queue sets `find_vqs` makes for it.
+            let stop = Arc::new(DeviceStop::new(vdev), GFP_KERNEL)?;
             let mut works = KVec::with_capacity(nr_works, GFP_KERNEL)?;
             for id in 0..nr_works {
                 works.push(
@@ -470,7 +487,7 @@ impl DeviceState {
                     )
                 };
             }
-            Ok(init(works))
+            Ok(init(stop, works))
         })
     }
 
@@ -573,10 +590,11 @@ impl PinnedDrop for DeviceState {
             (*head).next != head
         };
         if leaked {
-            // SAFETY: `vdev` is valid; reset first so that the device lets go of the queues,
+            // SAFETY: `vdev` is valid; stop it first so that the device lets go of the queues
+            // (it was stopped on removal, but this also covers a driver that failed to probe),
             // then delete them with the mandatory transport operation.
             unsafe {
-                bindings::virtio_reset_device(vdev);
+                DeviceStop::stop_now(vdev);
                 if let Some(del_vqs) = (*(*vdev).config).del_vqs {
                     del_vqs(vdev);
                 }
@@ -1097,12 +1115,6 @@ impl Device<device::Bound> {
 }
 
 impl<'a> Device<device::Core<'a>> {
-    /// Resets the device (`virtio_reset_device()`): it stops using its queues and interrupts.
-    pub fn reset(&self) {
-        // SAFETY: The device is valid; `Core` context serialises this with probe and remove.
-        unsafe { bindings::virtio_reset_device(self.as_raw()) };
-    }
-
     /// Gives the device a workqueue of its own, named `name`, for [`Device::queue_own_work`].
     ///
     /// It is freezable (suspend waits for its work and holds new work back until resume) and

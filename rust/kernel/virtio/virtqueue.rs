@@ -17,7 +17,7 @@
 //!
 //! C header: [`include/linux/virtio.h`](srctree/include/linux/virtio.h)
 
-use super::{Device, DeviceState, PageBlock};
+use super::{Device, DeviceState, DeviceStop, PageBlock};
 use crate::{alloc::Flags, bindings, device, error::to_result, prelude::*, sync::Arc};
 use core::{marker::PhantomData, ptr::NonNull};
 
@@ -181,50 +181,28 @@ impl<'a> Virtqueues<'a> {
 ///
 /// # Invariants
 ///
-/// `vdev` is valid and bound for as long as this exists, and the queues it found are not deleted
-/// before this is dropped.
+/// `vdev` is valid and bound for as long as this exists, the queues it found are not deleted
+/// before this is dropped, and `stop` is the device's.
 struct VirtqueueSet {
     vdev: *mut bindings::virtio_device,
+    stop: Arc<DeviceStop>,
 }
 
-// SAFETY: The device pointer is used for the device reset and `del_vqs`, which the transports
-// allow from any thread.
+// SAFETY: The device pointer is used to stop the device and for `del_vqs`, which the transports
+// allow from any thread in process context.
 unsafe impl Send for VirtqueueSet {}
-// SAFETY: Nothing is shared but the device pointer.
+// SAFETY: Nothing is shared but the device pointer and the atomic stop record.
 unsafe impl Sync for VirtqueueSet {}
-
-impl VirtqueueSet {
-    /// Makes sure the device is reset: after that it no longer touches the buffers in its queues.
-    ///
-    /// A device whose status is at most `ACKNOWLEDGE` is reset already (the bus resets it when
-    /// the driver goes away and acknowledges it again); resetting it once more would lose that.
-    fn reset_device(&self) {
-        // SAFETY: By the type invariants `vdev` is valid; `config` ops are static.
-        let ops = unsafe { &*(*self.vdev).config };
-        let status = ops.get_status.map_or(u8::MAX, |get| {
-            // SAFETY: `get_status` is called with its own, valid, device.
-            unsafe { get(self.vdev) }
-        });
-        if u32::from(status) & !bindings::VIRTIO_CONFIG_S_ACKNOWLEDGE != 0 {
-            // SAFETY: By the type invariants `vdev` is valid.
-            unsafe { bindings::virtio_reset_device(self.vdev) };
-        }
-    }
-
-    /// Resets the device whatever its status says: for a device that holds on to memory the
-    /// driver must take back, where a status read back as reset already is not to be believed.
-    fn force_reset(&self) {
-        // SAFETY: By the type invariants `vdev` is valid.
-        unsafe { bindings::virtio_reset_device(self.vdev) };
-    }
-}
 
 impl Drop for VirtqueueSet {
     fn drop(&mut self) {
-        self.reset_device();
+        // The device may still use the queues until it is stopped: the bus stopped it if the
+        // driver is being removed, else it happens here.
+        self.stop.stop();
         // SAFETY: By the type invariants `vdev` is valid and its queues still exist; every
         // `Virtqueue` using them is gone (each held a reference to `self`). `del_vqs` is a
-        // mandatory transport operation.
+        // mandatory transport operation; it frees interrupts, which `stop()` made sure is
+        // allowed here (process context, not a queue callback).
         unsafe {
             if let Some(del_vqs) = (*(*self.vdev).config).del_vqs {
                 del_vqs(self.vdev)
@@ -401,6 +379,66 @@ impl<'a, T> Virtqueue<'a, T> {
         self.add(buf, sg, false, gfp)
     }
 
+    /// Whether the device reaches buffers at their guest-physical addresses, with nothing mapped
+    /// for it (no DMA API: no IOMMU, no bounce buffers). See [`Virtqueue::hint_pages`].
+    pub fn addresses_guest_memory(&self) -> bool {
+        // SAFETY: The queue is live.
+        unsafe { bindings::virtio_vq_addresses_guest_memory(self.as_raw()) }
+    }
+
+    /// Tells the device where a free page block is, for it to treat as free (a balloon's free
+    /// page hint), without lending it: `block` stays the caller's, who may free it at any time,
+    /// even before `token` comes back from [`Virtqueue::get_buf`].
+    ///
+    /// Only for a device that addresses guest memory directly ([`EOPNOTSUPP`] otherwise, with
+    /// `token` given back; see [`Virtqueue::addresses_guest_memory`]): such a device reaches all
+    /// of guest memory anyway, so the descriptor gives it no access it did not have, and without
+    /// a mapping nothing is undone later that could touch the block once it is freed. The device
+    /// is not to write hinted memory: the virtio specification lets the driver release hinted
+    /// pages before the device has used their buffer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::{prelude::*, virtio::{PageBlock, Virtqueue}};
+    ///
+    /// /// Hints `block` if the device allows it; the caller keeps the block either way.
+    /// fn hint(vq: &mut Virtqueue<'_, ()>, block: &PageBlock) -> Result {
+    ///     vq.hint_pages(block, KBox::new((), GFP_KERNEL)?, GFP_KERNEL)
+    ///         .map_err(|(e, _token)| e)?;
+    ///     vq.kick();
+    ///     Ok(())
+    /// }
+    /// ```
+    pub fn hint_pages(
+        &mut self,
+        block: &PageBlock,
+        token: KBox<T>,
+        gfp: Flags,
+    ) -> Result<(), (Error, KBox<T>)> {
+        if !self.addresses_guest_memory() {
+            return Err((EOPNOTSUPP, token));
+        }
+        let mut sg = bindings::scatterlist::default();
+        // SAFETY: `sg` is valid for writes; the block is `2^order` pages in the linear mapping
+        // (type invariant of `PageBlock`), at most `PAGE_SIZE << MAX_PAGE_ORDER` bytes, which
+        // fits a scatterlist entry.
+        unsafe { bindings::virtio_sg_init_page_block(&mut sg, block.as_raw(), block.order()) };
+        let raw = KBox::into_raw(token);
+        // SAFETY: The queue is live and used exclusively; `sg` is one valid entry. Without a
+        // mapping the ring only records the block's guest-physical address, and neither adding
+        // nor detaching the buffer touches the block; `raw` is non-NULL and owned by the queue
+        // from now on.
+        let ret = unsafe {
+            bindings::virtqueue_add_inbuf(self.as_raw(), &mut sg, 1, raw.cast(), gfp.as_raw())
+        };
+        match to_result(ret) {
+            Ok(()) => Ok(()),
+            // SAFETY: The queue did not take `raw`, which came from `KBox::into_raw` above.
+            Err(e) => Err((e, unsafe { KBox::from_raw(raw) })),
+        }
+    }
+
     /// Queues in-buffers described by a scatterlist the caller owns, with `token` to identify
     /// them when they come back.
     ///
@@ -436,14 +474,15 @@ impl<'a, T> Virtqueue<'a, T> {
     /// used buffer and takes it with [`Virtqueue::get_buf`]. The queue must have nothing else in
     /// flight ([`EBUSY`] otherwise), so the first buffer back is `sgl`'s.
     ///
-    /// `wait` returns `None` to give up on a device that keeps the memory (it let a deadline
-    /// pass, or broke the queue). Only a reset device is sure to let go of it, so the device is
-    /// reset then and the call fails with [`ETIMEDOUT`]: the memory is the caller's again, but
-    /// the device is dead until it is set up anew, and `token` stays in the queue until the
-    /// queue is dropped.
+    /// `wait` returns `None` to give up on a device that keeps the memory: a driver that is
+    /// going away (unbind, freeze) and cannot wait any longer. Only a stopped device is sure to
+    /// let go of the memory, so the device is stopped then (broken and reset: it is dead until
+    /// it is set up anew), the buffer is detached from the queue (which undoes any DMA mapping of
+    /// it), and the call fails with [`ETIMEDOUT`], giving `token` back: only then is the memory
+    /// the caller's again. A device that breaks the queue itself is stopped the same way.
     ///
     /// This is how a balloon reports free pages, which it borrows from the page allocator for the
-    /// duration of the report only.
+    /// duration of the report only. Sleeps.
     pub fn lend_inbuf_sg<S: LentScatterList + ?Sized>(
         &mut self,
         sgl: &S,
@@ -479,10 +518,15 @@ impl<'a, T> Virtqueue<'a, T> {
         self.kick();
         loop {
             let Some(buf) = wait(self) else {
-                // The device may still write to the memory: a reset stops it, and the borrow of
-                // `sgl` may end only after that.
-                self.set.force_reset();
-                return Err((ETIMEDOUT, None));
+                // The device may still write to the memory: stopping it ends that, detaching the
+                // buffer unmaps it, and the borrow of `sgl` may end only after both.
+                let mut lent = None;
+                while let Some(token) = self.detach_unused() {
+                    if core::ptr::eq(core::ptr::from_ref::<T>(&token), raw) {
+                        lent = Some(token);
+                    }
+                }
+                return Err((ETIMEDOUT, lent));
             };
             if core::ptr::eq(core::ptr::from_ref::<T>(&buf), raw) {
                 return Ok(buf);
@@ -566,19 +610,29 @@ impl<'a, T> Virtqueue<'a, T> {
     }
 }
 
+impl<T> Virtqueue<'_, T> {
+    /// Takes a buffer still queued off the queue, unmapping it; `None` once there is none.
+    ///
+    /// Stops the device first if that was not done yet: only a stopped device no longer uses
+    /// the buffers.
+    fn detach_unused(&mut self) -> Option<KBox<T>> {
+        self.set.stop.stop();
+        // SAFETY: The queue is live (it is deleted only when `self.set` goes) and the device is
+        // stopped.
+        let token = unsafe { bindings::virtqueue_detach_unused_buf(self.as_raw()) };
+        // SAFETY: By the type invariants a token is a `KBox<T>`, handed back once.
+        NonNull::new(token).map(|t| unsafe { KBox::from_raw(t.as_ptr().cast::<T>()) })
+    }
+}
+
 impl<T> Drop for Virtqueue<'_, T> {
+    /// Stops the device (which sleeps: never drop a queue in atomic context or in one of the
+    /// device's queue callbacks) and frees the buffers still queued.
     fn drop(&mut self) {
-        // The buffers may only be taken back from a device that no longer uses them.
-        self.set.reset_device();
-        loop {
-            // SAFETY: The queue is live (it is deleted only when `self.set` goes) and the device
-            // is reset.
-            let token = unsafe { bindings::virtqueue_detach_unused_buf(self.as_raw()) };
-            if token.is_null() {
-                break;
-            }
-            // SAFETY: By the type invariants the token is a `KBox<T>`, handed back once.
-            drop(unsafe { KBox::from_raw(token.cast::<T>()) });
+        // The buffers may only be taken back from a device that no longer uses them, which
+        // `detach_unused` makes sure of.
+        while let Some(token) = self.detach_unused() {
+            drop(token);
         }
     }
 }
@@ -630,6 +684,9 @@ impl<'a> Device<device::Core<'a>> {
         if !empty {
             return Err(EBUSY);
         }
+        // The device is set up anew: the queues about to be made are not stopped yet. (Any
+        // earlier ones are gone, as the list is empty.)
+        state.stop.rearm();
 
         let mut raw_infos = KVec::with_capacity(infos.len(), GFP_KERNEL)?;
         for (i, info) in infos.iter().enumerate() {
@@ -666,8 +723,12 @@ impl<'a> Device<device::Core<'a>> {
             )
         })?;
 
-        let set = VirtqueueSet { vdev };
-        // On failure `set` is dropped, which resets the device and deletes the queues again.
+        // INVARIANT: The device's own stop record, for queues that are being created.
+        let set = VirtqueueSet {
+            vdev,
+            stop: state.stop.clone(),
+        };
+        // On failure `set` is dropped, which stops the device and deletes the queues again.
         let set = Arc::new(set, GFP_KERNEL)?;
         for (vq, raw) in vqs.iter_mut().zip(raw_vqs.iter()) {
             *vq = NonNull::new(*raw);

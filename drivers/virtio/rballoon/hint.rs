@@ -109,20 +109,29 @@ pub(crate) const fn room_for_block(num_free: u32) -> bool {
     num_free > CMD_ID_SLOTS
 }
 
-/// Blocks lent to the host and not given back yet, at most.
+/// Bytes of blocks on the free page queue that the host has not given back, at most (rounded
+/// down to whole blocks, at least one).
 ///
-/// The C driver lends blocks without bound and its shrinker frees even those the host still holds
-/// (the host only reads their addresses). Here a lent block belongs to the queue until the host
-/// gives it back, so the shrinker can free only blocks given back; without a bound, a guest that
-/// takes blocks faster than the host reads them (a TCG guest against QEMU's iothread) lends all
-/// its free memory at once, and the next allocation finds nothing to reclaim and runs the OOM
-/// killer. With the bound, at most this many blocks (32 MiB with 4 MiB blocks) are out of the
-/// shrinker's reach.
-pub(crate) const LEND_WINDOW: usize = 8;
+/// The C driver queues blocks without bound. A guest that takes blocks faster than the host
+/// reads them (a TCG guest against QEMU's iothread) then queues all its free memory at once;
+/// where a queued block belongs to the queue until the host gives it back (a device behind a
+/// DMA mapping, see `hint_queue.rs`) the shrinker cannot free it, and the next allocation finds
+/// nothing to reclaim and runs the OOM killer. In bytes, not blocks, because a block is 4 MiB
+/// with 4 KiB pages but 512 MiB with arm64's 64 KiB pages (`MAX_PAGE_ORDER` 13).
+pub(crate) const LEND_WINDOW_BYTES: usize = 32 << 20;
 
-/// Whether another block may be lent while `lent` blocks are with the host.
-pub(crate) const fn may_lend(lent: usize) -> bool {
-    lent < LEND_WINDOW
+/// The window in blocks of `block_bytes` bytes: [`LEND_WINDOW_BYTES`], at least one block.
+pub(crate) const fn lend_window(block_bytes: usize) -> usize {
+    if block_bytes == 0 || LEND_WINDOW_BYTES / block_bytes == 0 {
+        1
+    } else {
+        LEND_WINDOW_BYTES / block_bytes
+    }
+}
+
+/// Whether another block of `block_bytes` may be queued while `out` blocks are with the host.
+pub(crate) const fn may_lend(out: usize, block_bytes: usize) -> bool {
+    out < lend_window(block_bytes)
 }
 
 /// The smallest number of blocks of `block_pages` pages that covers `pages` pages: what the
@@ -260,10 +269,18 @@ mod tests {
 
     #[test]
     fn the_host_holds_at_most_the_window() {
-        assert!(may_lend(0));
-        assert!(may_lend(LEND_WINDOW - 1));
-        assert!(!may_lend(LEND_WINDOW));
-        assert!(!may_lend(LEND_WINDOW + 1));
+        const MIB: usize = 1 << 20;
+        // 4 KiB pages: 4 MiB blocks, 8 of them.
+        assert!(may_lend(0, 4 * MIB));
+        assert!(may_lend(7, 4 * MIB));
+        assert!(!may_lend(8, 4 * MIB));
+        assert!(!may_lend(9, 4 * MIB));
+        // 16 KiB pages: 32 MiB blocks; 64 KiB pages: 512 MiB blocks. One at a time.
+        assert_eq!(lend_window(32 * MIB), 1);
+        assert_eq!(lend_window(512 * MIB), 1);
+        assert!(may_lend(0, 512 * MIB));
+        assert!(!may_lend(1, 512 * MIB));
+        assert_eq!(lend_window(0), 1);
     }
 
     #[test]

@@ -7,11 +7,13 @@
 //! `hint.rs`; this is the C driver's `send_cmd_id_start()`, `send_cmd_id_stop()`,
 //! `get_free_page_and_send()`, `return_free_pages_to_mm()` and its shrinker.
 //!
-//! One difference from C: a block is the driver's to free only once the host has given its
-//! buffer back. The C driver frees blocks still queued (the host only reads their addresses), the
-//! Rust queue owns what it holds; so DONE and the shrinker free the blocks the host returned, and
-//! blocks still queued are freed when they come back or, at the latest, when the queue is dropped
-//! after the device reset (freeze, removal). QEMU hands every block back as soon as it has read it.
+//! As in C, DONE and the shrinker free every hinted block, whether or not the host has given its
+//! buffer back (the specification lets the driver release hinted pages at any time): the queue
+//! is only told where a block is ([`Virtqueue::hint_pages`]), the driver keeps it. That needs a
+//! device that addresses guest memory directly, which the balloon's is (it refuses
+//! `VIRTIO_F_ACCESS_PLATFORM`), but for Xen's, which goes through the DMA API; there a block is
+//! lent to the queue instead ([`Virtqueue::add_inbuf_pages`]), and is the driver's to free only
+//! once the host has given it back or the queue is dropped after the device was stopped.
 
 use crate::hint::{self, Action, CmdIds, CMD_ID_STOP};
 use kernel::{
@@ -26,7 +28,7 @@ use kernel::{
         atomic::{Atomic, Full, Relaxed, Release},
         Mutex, SpinLock,
     },
-    time::{delay::fsleep, Delta},
+    time::{delay::fsleep, Delta, Instant, Monotonic},
     virtio::{self, OutBuffer, PageBlock, PageBuffer, Virtqueue},
 };
 
@@ -36,22 +38,28 @@ const BLOCK_ORDER: u32 = PageBlock::MAX_ORDER;
 /// Pages in one hinted block (the C `VIRTIO_BALLOON_HINT_BLOCK_PAGES`).
 const BLOCK_PAGES: usize = 1 << BLOCK_ORDER;
 
-/// At DONE, how long to wait for blocks the host still holds, and how often to look.
+/// Bytes in one hinted block.
+const BLOCK_BYTES: usize = kernel::page::PAGE_SIZE << BLOCK_ORDER;
+
+/// At DONE, how long to wait for lent blocks the host still holds, and how often to look.
 const DONE_WAIT: Delta = Delta::from_millis(1000);
 const DONE_POLL: Delta = Delta::from_millis(10);
 
-/// While the host holds [`hint::LEND_WINDOW`] blocks, how often to look whether it gave some
-/// back, and for how long before the round ends (a host that keeps them is a broken host; the
-/// blocks it holds come back at DONE or when the queue is dropped).
+/// While the host holds the window ([`hint::lend_window`]), how often to look whether it gave
+/// some back, and for how long before the round ends. Far below the freezer's 20 s: the round
+/// runs on a freezable workqueue, and suspend waits for it; a host that sits on the blocks must
+/// not make suspend fail (it ends the round instead, and the host can ask again).
 const LEND_POLL: Delta = Delta::from_millis(1);
-const LEND_WAIT: Delta = Delta::from_millis(30_000);
+const LEND_WAIT: Delta = Delta::from_millis(2_000);
 
-/// A buffer on the free page queue: a command id the host reads, or a block it is lent.
+/// A buffer on the free page queue: a command id the host reads, or a block it is told of.
 pub(crate) enum HintBuf {
     /// A command id in device byte order (start or stop of a round).
     CmdId([u8; 4]),
-    /// A free block.
+    /// A free block lent to the queue, for a device behind a DMA mapping.
     Block(PageBlock),
+    /// The token of a block the device was told of and the driver keeps ([`Blocks::kept`]).
+    Hinted,
 }
 
 impl OutBuffer for HintBuf {
@@ -59,7 +67,7 @@ impl OutBuffer for HintBuf {
         match self {
             HintBuf::CmdId(id) => id,
             // Blocks are in-buffers; queueing one as an out-buffer fails with EINVAL.
-            HintBuf::Block(_) => &[],
+            HintBuf::Block(_) | HintBuf::Hinted => &[],
         }
     }
 }
@@ -68,7 +76,7 @@ impl PageBuffer for HintBuf {
     fn page_block(&self) -> Option<&PageBlock> {
         match self {
             HintBuf::Block(block) => Some(block),
-            HintBuf::CmdId(_) => None,
+            HintBuf::CmdId(_) | HintBuf::Hinted => None,
         }
     }
 }
@@ -85,10 +93,13 @@ pub(crate) type HintVq<'b> = Virtqueue<'b, HintBuf>;
 struct Blocks<'b> {
     /// `None` between freeze and restore.
     vq: Option<HintVq<'b>>,
-    /// Blocks the host has given back, kept until DONE or memory pressure.
+    /// Blocks the driver may free at any time, kept until DONE or memory pressure: those the
+    /// host was told of ([`HintBuf::Hinted`]), and lent ones it has given back.
     kept: KVec<PageBlock>,
-    /// Blocks on the queue, not given back yet.
+    /// Blocks lent to the queue ([`HintBuf::Block`]), not given back yet.
     lent: usize,
+    /// Blocks the host was told of ([`HintBuf::Hinted`]) whose buffer it has not given back.
+    told: usize,
 }
 
 impl Blocks<'_> {
@@ -98,11 +109,15 @@ impl Blocks<'_> {
             return;
         };
         while let Some((buf, _len)) = vq.get_buf() {
-            if let HintBuf::Block(block) = KBox::into_inner(buf) {
-                self.lent = self.lent.saturating_sub(1);
-                // Cannot fail (type invariant); if it did, the block would just go back to the
-                // page allocator early, which hinting allows.
-                let _ = self.kept.push_within_capacity(block);
+            match KBox::into_inner(buf) {
+                HintBuf::Block(block) => {
+                    self.lent = self.lent.saturating_sub(1);
+                    // Cannot fail (type invariant); if it did, the block would just go back to
+                    // the page allocator early, which hinting allows.
+                    let _ = self.kept.push_within_capacity(block);
+                }
+                HintBuf::Hinted => self.told = self.told.saturating_sub(1),
+                HintBuf::CmdId(_) => {}
             }
         }
     }
@@ -110,6 +125,11 @@ impl Blocks<'_> {
     /// Blocks the driver holds for hinting.
     fn held(&self) -> usize {
         self.kept.len() + self.lent
+    }
+
+    /// Blocks on the queue that the host has not given back: what the window bounds.
+    fn out(&self) -> usize {
+        self.lent + self.told
     }
 }
 
@@ -169,6 +189,7 @@ impl<'b> Hinting<'b> {
                 vq: Some(vq),
                 kept: KVec::new(),
                 lent: 0,
+                told: 0,
             }),
             ids <- new_mutex!(CmdIds::new()),
             // Read the command id on the first run, whatever the host set before we were bound.
@@ -249,30 +270,33 @@ impl<'b> Hinting<'b> {
     /// otherwise be the very next one taken (the allocation only needs the min watermark), and on
     /// a small or slow guest the two go round until the OOM killer runs out of tasks.
     ///
-    /// Also unlike C, lends at most [`hint::LEND_WINDOW`] blocks the host has not given back
-    /// (see there), and waits for the host when it holds that many.
+    /// Also unlike C, queues at most [`hint::lend_window`] blocks the host has not given back
+    /// (see there), and waits a little for the host when it holds that many.
     fn send_free_blocks(&self, ids: &mut CmdIds) -> Result {
-        let mut waited = Delta::ZERO;
+        // Since when the host holds the whole window; the clock, not a count of polls, as each
+        // poll may sleep much longer than asked on a busy host.
+        let mut full_since: Option<Instant<Monotonic>> = None;
         loop {
             self.received(ids);
             if !ids.keep_hinting() || self.pressure.load(Relaxed) {
                 return Ok(());
             }
-            if !hint::may_lend(self.lent()) {
-                if waited >= LEND_WAIT {
+            if !hint::may_lend(self.out(), BLOCK_BYTES) {
+                let since = *full_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= LEND_WAIT {
                     dev_warn!(self.dev, "The host holds every hinted block; round ends\n");
                     return Ok(());
                 }
                 fsleep(LEND_POLL);
-                waited += LEND_POLL;
                 continue;
             }
-            waited = Delta::ZERO;
+            full_since = None;
             // No free block left: every free block of this size is with the host.
             let Some(block) = PageBlock::alloc_if_free(BLOCK_ORDER) else {
                 return Ok(());
             };
-            let buf = KBox::new(HintBuf::Block(block), GFP_KERNEL)?;
+            // The token goes on the queue; the block with it if the queue must own it.
+            let mut token = KBox::new(HintBuf::Hinted, GFP_KERNEL)?;
             let mut guard = self.blocks.lock();
             guard.reap();
             let b = &mut *guard;
@@ -281,29 +305,43 @@ impl<'b> Hinting<'b> {
                 // The ring is full but for the stop id's slot: this block goes back, and the next
                 // one may find room once the host has used some (as in C).
                 drop(guard);
-                drop(buf);
+                drop((block, token));
                 continue;
             }
-            // INVARIANT: Room to keep every block that is or will be lent, this one included.
+            // INVARIANT: Room to keep every block that is or will be lent or kept, this one
+            // included.
             b.kept.reserve(b.lent + 1, GFP_NOWAIT)?;
-            if let Err((e, buf)) = vq.add_inbuf_pages(buf, GFP_NOWAIT) {
-                drop(guard);
-                drop(buf);
-                return Err(e);
+            if vq.addresses_guest_memory() {
+                // Told, not lent: the block stays in `kept`, free to go back at any time.
+                if let Err((e, token)) = vq.hint_pages(&block, token, GFP_NOWAIT) {
+                    drop(guard);
+                    drop((block, token));
+                    return Err(e);
+                }
+                // Cannot fail: reserved above.
+                let _ = b.kept.push_within_capacity(block);
+                b.told += 1;
+            } else {
+                *token = HintBuf::Block(block);
+                if let Err((e, token)) = vq.add_inbuf_pages(token, GFP_NOWAIT) {
+                    drop(guard);
+                    drop(token);
+                    return Err(e);
+                }
+                b.lent += 1;
             }
             vq.kick();
-            b.lent += 1;
             self.stats.hinted.add(1, Relaxed);
             self.publish(b);
         }
     }
 
-    /// Blocks lent to the host now, after taking back those it gave back.
-    fn lent(&self) -> usize {
+    /// Blocks on the queue that the host has not given back, after taking back those it did.
+    fn out(&self) -> usize {
         let mut b = self.blocks.lock();
         b.reap();
         self.publish(&b);
-        b.lent
+        b.out()
     }
 
     /// Updates the debugfs count of held blocks.
@@ -322,13 +360,16 @@ impl<'b> Hinting<'b> {
         b.lent
     }
 
-    /// DONE: every block goes back, including those the host is about to give back (it is done
-    /// with them, and gives each back right after reading it), waited for a bounded time.
+    /// DONE: every block goes back. Those the host was told of at once; lent ones as the host
+    /// gives them back (it is done with them), waited for a bounded time, the queue kicked
+    /// first: a host stopped for migration may not have seen the last ones.
     fn return_done(&self) {
-        let mut waited = Delta::ZERO;
-        while self.return_all() != 0 && waited < DONE_WAIT {
+        if let Some(vq) = self.blocks.lock().vq.as_mut() {
+            vq.kick();
+        }
+        let start = Instant::<Monotonic>::now();
+        while self.return_all() != 0 && start.elapsed() < DONE_WAIT {
             fsleep(DONE_POLL);
-            waited += DONE_POLL;
         }
     }
 
@@ -341,6 +382,7 @@ impl<'b> Hinting<'b> {
         let vq = b.vq.take();
         // INVARIANT: Nothing is lent without a queue.
         b.lent = 0;
+        b.told = 0;
         self.publish(&b);
         vq
     }
@@ -350,6 +392,7 @@ impl<'b> Hinting<'b> {
         let mut b = self.blocks.lock();
         b.vq = Some(vq);
         b.lent = 0;
+        b.told = 0;
         self.publish(&b);
     }
 }

@@ -35,8 +35,14 @@ enum th_vq_index { TH_INFLATE, TH_DEFLATE, TH_STATS, TH_FREE_PAGE, TH_REPORTING,
 /* How long the driver waits for a request before it calls the host silent (HOST_TIMEOUT_MS). */
 #define TH_DRIVER_TIMEOUT_MS 30000
 
-/* The driver's free page hinting window (hint::LEND_WINDOW): blocks lent, not given back. */
-#define TH_LEND_WINDOW 8
+/* The driver's hinting window (hint::LEND_WINDOW_BYTES): blocks queued, not given back. */
+#define TH_LEND_WINDOW max(1UL, (32UL << 20) >> (PAGE_SHIFT + MAX_PAGE_ORDER))
+
+/* How long a hinting round waits for a host that holds the whole window (LEND_WAIT). */
+#define TH_LEND_WAIT_MS 2000
+
+/* How long a host that is stopped takes to come back: more than the driver's timeout. */
+#define TH_STALL_MS (TH_DRIVER_TIMEOUT_MS + 5000)
 
 /* Command ids the guest's hinting reacts to, besides new ids. */
 #define TH_CMD_ID_STOP 0
@@ -68,6 +74,7 @@ struct test_host {
 	bool give_back[TH_NUM_VQS]; /* use those kept after all, on the next run of the work */
 	bool bad_head[TH_NUM_VQS]; /* use them under an id the driver never queued */
 	bool keep_hint_blocks;	/* use command ids on the free page queue, keep the blocks */
+	bool claim_reset;	/* report status 0 (reset) whatever the driver set */
 	u32 used_len;		/* the length every used buffer is returned with */
 	unsigned int stats_requests; /* ask for statistics again as soon as answered, this often */
 
@@ -78,6 +85,8 @@ struct test_host {
 	unsigned long reported_bytes;
 	unsigned int stats_queued_max;	/* statistics buffers with the host at once */
 	unsigned int hint_blocks_held, hint_blocks_held_max;
+	unsigned int resets;
+	bool reset_unbroken;	/* a reset came while a queue was not marked broken */
 	u32 cmd_ids[16];
 	unsigned int ncmd_ids;
 };
@@ -251,7 +260,9 @@ static u32 th_generation(struct virtio_device *vdev)
 
 static u8 th_get_status(struct virtio_device *vdev)
 {
-	return READ_ONCE(to_th(vdev)->status);
+	struct test_host *th = to_th(vdev);
+
+	return READ_ONCE(th->claim_reset) ? 0 : READ_ONCE(th->status);
 }
 
 static void th_set_status(struct virtio_device *vdev, u8 status)
@@ -267,7 +278,13 @@ static void th_set_status(struct virtio_device *vdev, u8 status)
 static void th_reset(struct virtio_device *vdev)
 {
 	struct test_host *th = to_th(vdev);
+	int i;
 
+	/* The driver is to break the queues first, so that nothing kicks a device being reset. */
+	for (i = 0; i < TH_NUM_VQS; i++)
+		if (th->vqs[i].vq && !virtqueue_is_broken(th->vqs[i].vq))
+			WRITE_ONCE(th->reset_unbroken, true);
+	WRITE_ONCE(th->resets, th->resets + 1);
 	/* A reset device uses no buffer any more, and forgets those it kept. */
 	cancel_work_sync(&th->work);
 	WRITE_ONCE(th->status, 0);
@@ -488,6 +505,19 @@ static unsigned long th_reported(struct test_host *th)
 	bytes = th->reported_bytes;
 	spin_unlock_irq(&th->lock);
 	return bytes;
+}
+
+/* Whether the driver sent command id @id at position @from or later. */
+static bool th_sent_cmd_id(struct test_host *th, unsigned int from, u32 id)
+{
+	bool sent = false;
+	unsigned int i;
+
+	spin_lock_irq(&th->lock);
+	for (i = from; i < th->ncmd_ids; i++)
+		sent |= th->cmd_ids[i] == id;
+	spin_unlock_irq(&th->lock);
+	return sent;
 }
 
 /* Polls @cond every 20 ms for at most @ms; its last value. */
@@ -843,9 +873,10 @@ static void a_used_id_the_driver_never_queued_stops_the_balloon_at_once(struct k
 
 /*
  * The host takes a report of free pages and never gives them back. They are the guest's free
- * memory, lent for the report only, and mm's reporting worker waits for them: the driver waits
- * a bounded time, then resets the device (only a reset device is sure to let go of them) so the
- * pages go back to the free lists. Removal, which stops the reporting worker, is bounded too.
+ * memory, lent for the report only, and mm's reporting worker waits for them for as long as the
+ * driver stays; removal, which stops the reporting worker, waits a bounded time, then stops the
+ * device (only a stopped device is sure to let go of them) so the pages go back to the free
+ * lists.
  */
 static void a_host_keeping_reported_pages_does_not_keep_them(struct kunit *test)
 {
@@ -876,6 +907,127 @@ static void a_host_keeping_reported_pages_does_not_keep_them(struct kunit *test)
 	th_destroy(th);
 	free_after = free_pages_drained();
 	KUNIT_EXPECT_LT(test, free_before - min(free_before, free_after), slack);
+}
+
+/*
+ * A VMM stopped for longer than the driver's timeout (SIGSTOP, a frozen cgroup) while it holds
+ * a report of free pages and the statistics buffer. The balloon still follows the target
+ * meanwhile, the device is not reset, and once the host runs again it gets its statistics
+ * answered, the balloon reaches the next targets, and no page is lost.
+ */
+static void a_host_stalled_on_a_report_and_statistics_stops_nothing(struct kunit *test)
+{
+	const unsigned long slack = 1UL << (MAX_PAGE_ORDER - 1);
+	unsigned long free_before = free_pages_drained(), free_after;
+	unsigned long base = balloon_pages();
+	struct test_host *th = th_new(test, FEATURES_BASE | BIT_ULL(VIRTIO_BALLOON_F_STATS_VQ) |
+				      BIT_ULL(VIRTIO_BALLOON_F_REPORTING) |
+				      BIT_ULL(VIRTIO_BALLOON_F_PAGE_POISON));
+	unsigned int resets;
+
+	th->keep[TH_REPORTING] = true;
+	th->keep[TH_STATS] = true;
+	th->stats_requests = 1;
+	th_start(test, th);
+	resets = READ_ONCE(th->resets);
+	/* Page reporting starts two seconds after the driver registers. */
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_reported(th) > 0, 10000));
+	KUNIT_ASSERT_EQ(test, READ_ONCE(th->stats_answers), 1UL);
+	msleep(TH_STALL_MS);
+
+	th_set_target(th, 1024);
+	KUNIT_EXPECT_TRUE_MSG(test, th_wait_for(th_actual(th) == 1024, 10000),
+			      "a report held %u ms stopped the balloon", TH_STALL_MS);
+	KUNIT_EXPECT_EQ_MSG(test, READ_ONCE(th->resets), resets, "the device was reset");
+
+	th_give_back(th, TH_REPORTING);
+	th_give_back(th, TH_STATS);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->stats_answers) == 2, 5000));
+	th_set_target(th, 2048);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 2048, 10000));
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_remove(th);
+	th_destroy(th);
+	free_after = free_pages_drained();
+	KUNIT_EXPECT_LT(test, free_before - min(free_before, free_after), slack);
+}
+
+/*
+ * Free page hinting with a host that keeps every block it is told of. A round waits for it only
+ * briefly before it ends with the stop id (it runs on a freezable workqueue: suspend gives up
+ * after 20 s), and DONE gives every block back to the page allocator at once, although the host
+ * never gave the buffers back, while the device lives.
+ */
+static void done_frees_the_blocks_a_host_keeps(struct kunit *test)
+{
+	/* Less than one block: the window is at least one. */
+	const unsigned long slack = 1UL << (MAX_PAGE_ORDER - 1);
+	unsigned long free_before = free_pages_drained(), t0;
+	struct test_host *th = th_new(test, FEATURES_BASE |
+				      BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT));
+	bool ended, freed;
+	unsigned int ms;
+
+	th->keep_hint_blocks = true;
+	th_start(test, th);
+	t0 = jiffies;
+	th_set_cmd_id(th, 10);
+	KUNIT_ASSERT_TRUE(test, th_wait_for(READ_ONCE(th->hint_blocks_held) ==
+					    TH_LEND_WINDOW, 5000));
+	ended = th_wait_for(th_sent_cmd_id(th, 1, TH_CMD_ID_STOP), TH_LEND_WAIT_MS + 3000);
+	KUNIT_EXPECT_TRUE_MSG(test, ended, "the round waited more than %u ms for the host",
+			      TH_LEND_WAIT_MS + 3000);
+	ms = jiffies_to_msecs(jiffies - t0);
+	kunit_info(test, "host holds %u blocks; the round ended after %u ms\n",
+		   th->hint_blocks_held, ms);
+	/* The test measures something: the blocks are out of the free lists. */
+	KUNIT_EXPECT_GE(test, free_before - min(free_before, free_pages_drained()) + slack,
+			TH_LEND_WINDOW << MAX_PAGE_ORDER);
+
+	th_set_cmd_id(th, TH_CMD_ID_DONE);
+	freed = th_wait_for(free_before - min(free_before, free_pages_drained()) < slack, 2000);
+	KUNIT_EXPECT_TRUE_MSG(test, freed, "DONE left blocks the host keeps allocated");
+	KUNIT_EXPECT_EQ(test, READ_ONCE(th->hint_blocks_held), TH_LEND_WINDOW);
+	th_remove(th);
+	th_destroy(th);
+}
+
+/*
+ * Freeze while the device claims to be reset already (its status reads 0) and holds inflate
+ * requests. The driver does not take the host's word for it: it breaks the queues and resets
+ * the device itself before it frees what the queues held, and every reset it makes comes with
+ * the queues broken first.
+ */
+static void freeze_stops_a_device_that_claims_to_be_reset(struct kunit *test)
+{
+#ifdef CONFIG_PM_SLEEP
+	unsigned long base = balloon_pages();
+	struct test_host *th = th_new(test, FEATURES_BASE);
+	unsigned int resets;
+
+	th_start(test, th);
+	th_set_target(th, 1024);
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 1024, 10000));
+
+	resets = READ_ONCE(th->resets);
+	WRITE_ONCE(th->claim_reset, true);
+	KUNIT_EXPECT_EQ(test, virtio_device_freeze(&th->vdev), 0);
+	KUNIT_EXPECT_EQ_MSG(test, READ_ONCE(th->resets), resets + 1,
+			    "freeze believed the device's status instead of resetting it");
+	WRITE_ONCE(th->claim_reset, false);
+	KUNIT_EXPECT_EQ(test, virtio_device_restore(&th->vdev), 0);
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_remove(th);
+	KUNIT_EXPECT_FALSE_MSG(test, READ_ONCE(th->reset_unbroken),
+			       "the device was reset with its queues not broken");
+	th_destroy(th);
+#else
+	kunit_skip(test, "needs CONFIG_PM_SLEEP");
+#endif
 }
 
 /*
@@ -929,6 +1081,9 @@ static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE(a_used_id_the_driver_never_queued_stops_the_balloon_at_once),
 	KUNIT_CASE_SLOW(a_host_keeping_reported_pages_does_not_keep_them),
 	KUNIT_CASE_SLOW(freeze_with_a_silent_host_is_bounded_and_restore_starts_afresh),
+	KUNIT_CASE_SLOW(a_host_stalled_on_a_report_and_statistics_stops_nothing),
+	KUNIT_CASE_SLOW(done_frees_the_blocks_a_host_keeps),
+	KUNIT_CASE(freeze_stops_a_device_that_claims_to_be_reset),
 	{}
 };
 

@@ -27,7 +27,7 @@
 //!   told what free pages hold,
 //! - free page reporting (`VIRTIO_BALLOON_F_REPORTING`) on the reporting queue, its capacity the
 //!   queue size,
-//! - balloon page migration telling the host about the new page, then the old one; the module
+//! - balloon page migration telling the host about the old page, then the new one; the module
 //!   parameter `migration=0` refuses every migration instead. 7.3 has no other way to turn it off
 //!   at run time: with `CONFIG_BALLOON_MIGRATION` the core makes every inflated page movable and
 //!   calls the device's `migratepage` unconditionally, so it cannot be left out; the parameter
@@ -38,8 +38,8 @@
 //!   stats request until the work handling it is done, so that the system does not suspend
 //!   halfway through adjusting the balloon.
 //! - free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`): on the host's command id, free
-//!   blocks of `MAX_PAGE_ORDER` lent on the free page queue (one slot kept for the command id)
-//!   from the device's own workqueue, kept until the host says DONE, given back under memory
+//!   blocks of `MAX_PAGE_ORDER` told of on the free page queue (one slot kept for the command
+//!   id) from the device's own workqueue, kept until the host says DONE, given back under memory
 //!   pressure by a shrinker, and on removal and freeze (`hint.rs`, `hint_queue.rs`).
 
 use kernel::{
@@ -55,7 +55,7 @@ use kernel::{
     prelude::*,
     shrinker::Shrinker,
     sync::{
-        atomic::{Atomic, Relaxed, Release},
+        atomic::{Acquire, Atomic, Relaxed, Release},
         CondVar, CondVarTimeoutResult, Mutex, SpinLockIrq,
     },
     time::{delay::fsleep, msecs_to_jiffies, Delta, Instant, Monotonic},
@@ -226,8 +226,8 @@ enum HostState {
     /// thread): nothing more is sent, so nothing else waits for it, and no page leaves the
     /// balloon (see [`leak`]), until it has used every request it holds ([`Host::catch_up`]).
     Stalled,
-    /// The queue broke, or the device was reset to take back reported pages: nothing more is
-    /// sent until the device is set up anew (restore).
+    /// The queue broke, or the driver, going away, stopped the device to take back reported
+    /// pages: nothing more is sent until the device is set up anew (restore).
     Gone,
 }
 
@@ -296,6 +296,9 @@ struct Host<'b> {
     /// context, where the lock cannot be taken): a buffer used then brings the size work back to
     /// catch up with the host.
     stalled: Atomic<bool>,
+    /// The driver is going away (unbind, freeze): a report waits for the host a bounded time
+    /// only, and no new one starts.
+    leaving: Atomic<bool>,
     /// `None` without `VIRTIO_BALLOON_F_REPORTING`, and between freeze and restore.
     #[pin]
     reporting: Mutex<Option<Reporting<'b>>>,
@@ -358,7 +361,66 @@ impl Host<'_> {
             inner.host = HostState::Answering;
             self.stalled.store(false, Relaxed);
         }
+        self.leaving.store(false, Release);
         Ok(())
+    }
+
+    /// The driver is going away (unbind, freeze): a report the host holds is given up on after
+    /// at most [`HOST_TIMEOUT_MS`] more, and no new one starts, so that unregistering page
+    /// reporting and taking the reporting queue are bounded.
+    fn leave(&self) {
+        self.leaving.store(true, Release);
+        // Wakes a report waiting for the host, to look at `leaving`.
+        self.ack();
+    }
+
+    /// Waits until the host gives back the report on `vq`, however long it takes while the
+    /// driver stays: the reported pages are the host's to process, and stopping the device to
+    /// take them back would stop the balloon with it. Says once that the host holds them past
+    /// [`HOST_TIMEOUT_MS`], and once that it gave them back.
+    ///
+    /// `None` once the driver is leaving and the host still held the report at the end of a
+    /// wait of at most [`HOST_TIMEOUT_MS`], or broke the queue, from which nothing comes back.
+    fn wait_report<T>(&self, vq: &mut Virtqueue<'_, T>) -> Option<KBox<T>> {
+        let mut stalled = false;
+        loop {
+            if let Some(buf) = self.wait_used(vq) {
+                if stalled {
+                    dev_info!(self.dev, "the host gave back the reported free pages\n");
+                }
+                return Some(buf);
+            }
+            if self.leaving.load(Acquire) {
+                return None;
+            }
+            if vq.is_broken() {
+                dev_err!(
+                    self.dev,
+                    "the reporting queue broke while the host held reported free pages: they \
+                     come back when the driver goes away\n"
+                );
+                self.wait_leaving();
+                return None;
+            }
+            if !stalled {
+                stalled = true;
+                dev_warn!(
+                    self.dev,
+                    "the host holds reported free pages for more than {} ms; waiting\n",
+                    HOST_TIMEOUT_MS
+                );
+            }
+        }
+    }
+
+    /// Sleeps until the driver is leaving ([`Host::leave`]). Interruptible, so that a wait as
+    /// long as the device lives is not reported as a hung task; kernel workers get no signals.
+    fn wait_leaving(&self) {
+        let mut acks = self.acks.lock();
+        // `leave` sets the flag before it takes the lock to notify: no wakeup is lost.
+        while !self.leaving.load(Acquire) {
+            let _signal = self.acked.wait_interruptible(&mut acks);
+        }
     }
 
     /// A queue used a buffer (the C `balloon_ack()`).
@@ -680,32 +742,34 @@ impl BalloonOom for Host<'_> {
 
 impl BalloonReport for Host<'_> {
     /// The C `virtballoon_free_page_report()`: lends the free pages to the host on the reporting
-    /// queue until it has processed them.
+    /// queue until it has processed them, however long that takes (as C) while the driver stays.
     ///
-    /// Unlike C, the wait is bounded: a host that keeps the pages past [`HOST_TIMEOUT_MS`] (or
-    /// breaks the queue) gets the device reset, which is what hands the pages back to mm, and
-    /// the balloon stops until the device is set up anew ([`HostState::Gone`]). Waiting on would
-    /// hang mm's reporting worker, and removal and freeze with it, for as long as the host likes.
+    /// Unlike C, removal and freeze do not wait forever: once the driver is leaving, a host
+    /// that still holds the report after [`HOST_TIMEOUT_MS`] (or broke the queue) gets the
+    /// device stopped, which is what hands the pages back to mm ([`HostState::Gone`]).
     fn report(b: &Balloon<'_>, pages: &ReportedPages<'_>) -> Result {
         let mut reporting = b.reporting.lock();
         let Some(r) = &mut *reporting else {
             return Err(ENODEV);
         };
+        if b.leaving.load(Acquire) {
+            return Err(ENODEV);
+        }
         let token = r.token.take().ok_or(EBUSY)?;
         match r
             .vq
-            .lend_inbuf_sg(pages, token, GFP_NOWAIT, |vq| b.wait_used(vq))
+            .lend_inbuf_sg(pages, token, GFP_NOWAIT, |vq| b.wait_report(vq))
         {
             Ok(token) => {
                 r.token = Some(token);
                 Ok(())
             }
-            Err((e, Some(token))) => {
-                r.token = Some(token);
-                dev_warn!(b.dev, "cannot report free pages: {:?}\n", e);
-                Err(e)
-            }
-            Err((e, None)) => {
+            Err((e, token)) => {
+                r.token = token;
+                if e != ETIMEDOUT {
+                    dev_warn!(b.dev, "cannot report free pages: {:?}\n", e);
+                    return Err(e);
+                }
                 let bytes: usize = (0..pages.len())
                     .filter_map(|i| pages.get(i))
                     .map(|(_pfn, len)| len)
@@ -713,11 +777,10 @@ impl BalloonReport for Host<'_> {
                 dev_err!(
                     b.dev,
                     "the host did not give back {} KiB of reported free pages: the device is \
-                     reset to take them back, and the balloon stops\n",
+                     stopped to take them back\n",
                     bytes / 1024
                 );
-                // The queue is dead with the device; no report is sent any more.
-                *reporting = None;
+                // The device is dead until it is set up anew; nothing more is sent.
                 b.lock.lock().host = HostState::Gone;
                 b.stalled.store(false, Relaxed);
                 Err(e)
@@ -1162,6 +1225,7 @@ impl virtio::Driver for RBalloonDriver {
                     acks <- new_spinlock_irq!(0),
                     acked <- new_condvar!(),
                     stalled: Atomic::new(false),
+                    leaving: Atomic::new(false),
                     reporting <- new_mutex!(all.reporting),
                 }? Error)),
                 inflating <- new_mutex!(inflating),
@@ -1205,7 +1269,9 @@ impl virtio::Driver for RBalloonDriver {
     }
 
     fn unbind<'bound>(_dev: &'bound virtio::Device<Core<'_>>, this: Pin<&RBalloon<'bound>>) {
-        // Size and stats work are stopped already; the queues still work.
+        // Size and stats work are stopped already; the queues still work. Unregistering page
+        // reporting waits for a report in flight: bounded from here on.
+        this.balloon.leave();
         this.quiesce();
         this.deflate_all();
         // Kept hint blocks go back now; those still queued once the device is reset and the
@@ -1269,8 +1335,10 @@ impl virtio::Driver for RBalloonDriver {
         _dev: &'bound virtio::Device<Core<'_>>,
         this: Pin<&RBalloon<'bound>>,
     ) -> Result {
-        // The workqueue is frozen already. Deflate everything, then drop the queues, which resets
-        // the device and deletes them (the C `remove_common()`).
+        // The workqueue is frozen already, but page reporting is not: a report in flight holds
+        // the reporting queue, for a bounded time from here on. Deflate everything, then drop
+        // the queues, which stops the device and deletes them (the C `remove_common()`).
+        this.balloon.leave();
         this.deflate_all();
         let queues = this.balloon.lock.lock().queues.take();
         let stats = this.stats.lock().take();

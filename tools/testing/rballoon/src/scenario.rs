@@ -5,6 +5,7 @@
 use crate::config::VmConfig;
 use crate::driver::Driver;
 use crate::error::{Context, Error, Result};
+use crate::parity::vmstat_field;
 use crate::vm::Vm;
 use std::fmt::Write as _;
 use std::thread::sleep;
@@ -120,6 +121,58 @@ pub fn balloon_step(vm: &mut Vm, name: &str, target_mib: u64, timeout: Duration)
         secs,
         problem,
     })
+}
+
+/// The guest's balloon accounting before a scenario, to check that the balloon, once empty again,
+/// leaves the guest as it found it: as many pages deflated as inflated meanwhile, `MemTotal` as
+/// it was.
+#[derive(Clone, Copy, Debug)]
+pub struct Ledger {
+    /// /proc/meminfo `MemTotal`, kB.
+    pub memtotal_kb: u64,
+    /// /proc/vmstat `balloon_inflate`.
+    pub inflated: u64,
+    /// /proc/vmstat `balloon_deflate`.
+    pub deflated: u64,
+}
+
+impl Ledger {
+    /// Read it now.
+    pub fn read(vm: &mut Vm) -> Result<Ledger> {
+        let memtotal_kb = vm.meminfo_kb("MemTotal")?;
+        let v = vm.vmstat()?;
+        Ok(Ledger {
+            memtotal_kb,
+            inflated: vmstat_field(&v, "balloon_inflate")?,
+            deflated: vmstat_field(&v, "balloon_deflate")?,
+        })
+    }
+
+    /// Pages inflated and deflated since `self`, as of `now`.
+    pub fn since(&self, now: &Ledger) -> (u64, u64) {
+        (now.inflated - self.inflated, now.deflated - self.deflated)
+    }
+
+    /// How the guest differs from `self` now that `empty`, the step that emptied the balloon,
+    /// is done; nothing if it is as it was.
+    pub fn differences(&self, vm: &mut Vm, empty: &Step) -> Result<Vec<String>> {
+        let now = Ledger::read(vm)?;
+        let (inflated, deflated) = self.since(&now);
+        let mut problems = Vec::new();
+        if inflated != deflated {
+            problems.push(format!("{inflated} pages inflated but {deflated} deflated"));
+        }
+        if empty.balloon_kb != 0 {
+            problems.push(format!("Balloon: {} kB once empty", empty.balloon_kb));
+        }
+        if now.memtotal_kb != self.memtotal_kb {
+            problems.push(format!(
+                "MemTotal {} kB at first, {} kB once empty",
+                self.memtotal_kb, now.memtotal_kb
+            ));
+        }
+        Ok(problems)
+    }
 }
 
 /// Walk the balloon through `targets_mib` in order; every step must reach its target and agree

@@ -186,10 +186,7 @@ impl QemuProcess {
         self.read_pidfile();
         if let Some(pid) = self.qemu_pid {
             if qemu_running(pid) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .stderr(Stdio::null())
-                    .status();
+                let _ = signal(pid, "KILL");
             }
         }
         if let Some(mut child) = self.child.take() {
@@ -211,6 +208,18 @@ impl QemuProcess {
         }
     }
 
+    /// QEMU's own pid, while it runs.
+    fn running_pid(&mut self) -> Result<u32> {
+        self.alive()?;
+        match self.qemu_pid {
+            Some(pid) if qemu_running(pid) => Ok(pid),
+            _ => Err(Error::other(format!(
+                "QEMU's pid is not in {} (or it is no QEMU)",
+                self.rundir.join("qemu.pid").display()
+            ))),
+        }
+    }
+
     /// Wait until QEMU's own process has died (a zombie counts as dead: it is no longer ours).
     fn wait_qemu_gone(&mut self, timeout: Duration) {
         self.read_pidfile();
@@ -221,9 +230,7 @@ impl QemuProcess {
         while qemu_running(pid) {
             if Instant::now() >= deadline {
                 eprintln!("rballoon: QEMU pid {pid} outlived bwrap; killing it");
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
+                let _ = signal(pid, "KILL");
                 return;
             }
             sleep(Duration::from_millis(20));
@@ -493,6 +500,20 @@ impl Vm {
         Ok(())
     }
 
+    /// Stop QEMU (SIGSTOP) for `d`, then let it go on (SIGCONT): a host that stalls and comes
+    /// back, as a VMM stopped by job control or a debugger, or frozen in its cgroup, does. The
+    /// guest stops with it. One that keeps the host's time (kvm-clock, or
+    /// [`VmConfig::follow_host_clock`]) finds `d` gone when it runs again, and whatever it waited
+    /// for with a shorter timeout times out then, unless the host got to it first; one that counts
+    /// timer ticks sees no stall at all.
+    pub fn stall_host(&mut self, d: Duration) -> Result<()> {
+        let pid = self.proc.running_pid()?;
+        signal(pid, "STOP")?;
+        sleep(d);
+        // Should this fail, dropping the VM kills the stopped QEMU (SIGKILL works on it).
+        signal(pid, "CONT")
+    }
+
     /// The kernel's serial log so far.
     pub fn serial_log(&self) -> String {
         self.proc.serial_log()
@@ -532,6 +553,19 @@ impl Vm {
         self.proc.finish_clean();
         Ok(())
     }
+}
+
+/// Send `sig` (a name `kill` knows: `KILL`, `STOP`, ...) to `pid`.
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let st = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .stderr(Stdio::null())
+        .status()
+        .context(format!("running kill -{sig} {pid}"))?;
+    if !st.success() {
+        return Err(Error::other(format!("kill -{sig} {pid}: {st}")));
+    }
+    Ok(())
 }
 
 /// Is `pid` a live (not zombie) QEMU? The name check guards against a recycled pid.

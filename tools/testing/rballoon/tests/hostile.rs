@@ -21,8 +21,8 @@
 //! sends are for a device that is not QEMU.
 #![cfg(feature = "rust-driver")]
 
-use rballoon_harness::parity::{meminfo_mib, side_by_side, vmstat_field};
-use rballoon_harness::scenario::{balloon_step, Step};
+use rballoon_harness::parity::{meminfo_mib, side_by_side};
+use rballoon_harness::scenario::{balloon_step, Ledger, Step};
 use rballoon_harness::{Driver, Error, Result, Transport, Vm, VmConfig};
 use serde_json::json;
 use std::thread::sleep;
@@ -55,10 +55,6 @@ struct Figures {
     empty: Step,
 }
 
-fn vmstat(vm: &mut Vm, name: &str) -> Result<u64> {
-    vmstat_field(&vm.vmstat()?, name)
-}
-
 /// Flip the target of a fresh guest running `driver`, then check it came through whole.
 fn flip(driver: Driver, transport: Transport) -> Result<Figures> {
     let cfg = VmConfig::new(&format!("flip-{}", driver.module()))
@@ -66,11 +62,7 @@ fn flip(driver: Driver, transport: Transport) -> Result<Figures> {
         .mem_mib(MEM_MIB);
     let mut vm = Vm::boot(cfg)?;
     vm.load_driver(driver)?;
-    let memtotal = vm.meminfo_kb("MemTotal")?;
-    let (in0, out0) = (
-        vmstat(&mut vm, "balloon_inflate")?,
-        vmstat(&mut vm, "balloon_deflate")?,
-    );
+    let boot = Ledger::read(&mut vm)?;
 
     let t0 = Instant::now();
     let mut commands = 0;
@@ -79,37 +71,14 @@ fn flip(driver: Driver, transport: Transport) -> Result<Figures> {
         vm.qmp().balloon(target << 20)?;
         commands += 1;
     }
-    let (in1, out1) = (
-        vmstat(&mut vm, "balloon_inflate")?,
-        vmstat(&mut vm, "balloon_deflate")?,
-    );
+    let (inflated, deflated) = boot.since(&Ledger::read(&mut vm)?);
     let settle = balloon_step(&mut vm, "settle", FINAL_MIB, SETTLE_TIMEOUT)?;
     let empty = balloon_step(&mut vm, "empty", MEM_MIB, SETTLE_TIMEOUT)?;
     let what = format!("{driver} on {transport:?} after {commands} flips");
     settle.check().map_err(|e| e.context(&what))?;
     empty.check().map_err(|e| e.context(&what))?;
 
-    let (in2, out2) = (
-        vmstat(&mut vm, "balloon_inflate")?,
-        vmstat(&mut vm, "balloon_deflate")?,
-    );
-    let mut problems = Vec::new();
-    if in2 - in0 != out2 - out0 {
-        problems.push(format!(
-            "{} pages inflated but {} deflated",
-            in2 - in0,
-            out2 - out0
-        ));
-    }
-    if empty.balloon_kb != 0 {
-        problems.push(format!("Balloon: {} kB once empty", empty.balloon_kb));
-    }
-    if empty.memtotal_kb != memtotal {
-        problems.push(format!(
-            "MemTotal {} kB at boot, {} kB once empty",
-            memtotal, empty.memtotal_kb
-        ));
-    }
+    let mut problems = boot.differences(&mut vm, &empty)?;
     // The guest still answers, promptly.
     let (st, _) = vm.sh_timeout("true", Duration::from_secs(10))?;
     if st != 0 {
@@ -123,8 +92,8 @@ fn flip(driver: Driver, transport: Transport) -> Result<Figures> {
         driver,
         transport,
         commands,
-        inflated: in1 - in0,
-        deflated: out1 - out0,
+        inflated,
+        deflated,
         settle,
         empty,
     })

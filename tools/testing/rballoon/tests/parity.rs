@@ -6,9 +6,9 @@
 //! Needs the Rust driver (feature `rust-driver`).
 #![cfg(feature = "rust-driver")]
 
+use rballoon_harness::parity::reporting::{REPORT_PERCENT, REPORT_TIMEOUT};
 use rballoon_harness::parity::{self, compaction, oom, reporting, Case};
-use rballoon_harness::{Error, Paths, Result, Transport, VmConfig};
-use std::time::Duration;
+use rballoon_harness::{Error, Paths, Result, Transport};
 
 /// Guests for free page reporting and deflate-on-OOM: small, so writing their memory is quick
 /// (on the lean guest; the debug guest gets as much free, see [`Paths::guest_mib`]).
@@ -39,51 +39,6 @@ const RATIO_DEN: u64 = 10;
 const HUGEPAGE_RATIO_NUM: u64 = 9;
 const MIGRATED_RATIO_NUM: u64 = 5;
 
-/// QEMU's resident set must fall by this share of what the guest freed ...
-const REPORT_PERCENT: u64 = 75;
-
-/// ... within this bound (mm reports a sixteenth of each free list, at least two batches, per
-/// pass, passes 2 s apart).
-const REPORT_TIMEOUT: Duration = Duration::from_secs(45);
-
-fn name(t: Transport) -> &'static str {
-    match t {
-        Transport::Pci => "PCI",
-        Transport::Mmio => "MMIO",
-    }
-}
-
-/// Run `scenario` on a fresh VM per case; print the table of what was measured (also when a case
-/// fails); the figures, or the first error.
-fn per_case<F>(
-    scenario: &str,
-    t: Transport,
-    mem_mib: u64,
-    tweak: fn(&mut VmConfig),
-    cases: &[Case],
-    run: impl Fn(&mut rballoon_harness::Vm, Case) -> Result<F>,
-    table: impl Fn(&str, &[F]) -> String,
-) -> Result<Vec<F>> {
-    let title = format!("{scenario}, {}, {mem_mib} MiB guest", name(t));
-    let mut runs = Vec::new();
-    for &case in cases {
-        let r = parity::boot_with(scenario, t, mem_mib, case, tweak).and_then(|mut vm| {
-            let f = run(&mut vm, case)?;
-            vm.shutdown()?;
-            Ok(f)
-        });
-        match r {
-            Ok(f) => runs.push(f),
-            Err(e) => {
-                eprintln!("{}", table(&title, &runs));
-                return Err(e.context(format!("{scenario} on {}, {case} driver", name(t))));
-            }
-        }
-    }
-    eprintln!("{}", table(&title, &runs));
-    Ok(runs)
-}
-
 fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -93,7 +48,7 @@ fn check(ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
 }
 
 fn compaction_frees_huge_pages(t: Transport) -> Result<()> {
-    let runs = per_case(
+    let runs = parity::per_case(
         "compact",
         t,
         COMPACT_MEM_MIB,
@@ -115,9 +70,7 @@ fn compaction_frees_huge_pages(t: Transport) -> Result<()> {
             "{}: the C driver got {} huge pages after compaction, the Rust driver refusing \
              migration {}; migration should gain at least {HUGEPAGE_MARGIN}: the scenario no \
              longer tells migration from none",
-            name(t),
-            c.hugepages,
-            pinned.hugepages
+            t, c.hugepages, pinned.hugepages
         )
     })?;
     // The inflation policy: inflating takes the holes first and leaves the guest's free 2 MiB
@@ -130,7 +83,7 @@ fn compaction_frees_huge_pages(t: Transport) -> Result<()> {
                  the Rust driver and left {} MiB in smaller free pages; C took {} of {} and left \
                  {} MiB (blocks taken while smaller pages were left: {} and {}, slack \
                  {FREE_2M_SLACK})",
-                name(t),
+                t,
                 ours.free_2m_taken(),
                 ours.free_2m_fragmented,
                 ours.small_free_inflated,
@@ -150,9 +103,7 @@ fn compaction_frees_huge_pages(t: Transport) -> Result<()> {
             format!(
                 "{}: the Rust driver got {} huge pages after compaction, C {}: below \
                  {HUGEPAGE_RATIO_NUM}/{RATIO_DEN} of C's",
-                name(t),
-                ours.hugepages,
-                c.hugepages
+                t, ours.hugepages, c.hugepages
             )
         },
     )?;
@@ -162,16 +113,14 @@ fn compaction_frees_huge_pages(t: Transport) -> Result<()> {
             format!(
                 "{}: compact_memory migrated {} balloon pages with the Rust driver, {} with C: \
                  below {MIGRATED_RATIO_NUM}/{RATIO_DEN} of C's",
-                name(t),
-                ours.migrated_compact,
-                c.migrated_compact
+                t, ours.migrated_compact, c.migrated_compact
             )
         },
     )
 }
 
 fn free_page_reporting_shrinks_qemu(t: Transport) -> Result<()> {
-    let runs = per_case(
+    let runs = parity::per_case(
         "report",
         t,
         small_guest_mib(),
@@ -185,7 +134,7 @@ fn free_page_reporting_shrinks_qemu(t: Transport) -> Result<()> {
             format!(
                 "{}: with the {} driver QEMU's RSS fell by only {} MiB of the {} MiB the guest \
                  freed within {REPORT_TIMEOUT:?} (wanted {REPORT_PERCENT}%)",
-                name(t),
+                t,
                 f.case,
                 f.drop_mib(),
                 f.freed_mib
@@ -196,7 +145,7 @@ fn free_page_reporting_shrinks_qemu(t: Transport) -> Result<()> {
 }
 
 fn deflate_on_oom_saves_the_hog(t: Transport) -> Result<()> {
-    let runs = per_case(
+    let runs = parity::per_case(
         "oom",
         t,
         small_guest_mib(),
@@ -206,7 +155,7 @@ fn deflate_on_oom_saves_the_hog(t: Transport) -> Result<()> {
         oom::table,
     )?;
     for f in &runs {
-        let who = format!("{}, {} driver", name(t), f.case);
+        let who = format!("{}, {} driver", t, f.case);
         check(f.hog.completed(), || {
             format!(
                 "{who}: the {} MiB hog did not complete (status {}, {} MiB written): {}",

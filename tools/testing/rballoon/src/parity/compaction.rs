@@ -217,7 +217,7 @@ pub fn table(title: &str, runs: &[Figures]) -> String {
             })
         })
         .collect();
-    out.push_str("\n");
+    out.push('\n');
     out.push_str(&super::side_by_side(
         "compact_memory writes (vmstat deltas)",
         &header,

@@ -142,6 +142,38 @@ pub fn boot_with(
     Ok(vm)
 }
 
+/// Run `scenario` on a fresh VM per case ([`boot_with`], `tweak` applied), shut down after `run`
+/// (a splat in its kernel log fails the case); print the table of what was measured, also when a
+/// case fails; the figures, or the first error.
+pub fn per_case<F>(
+    scenario: &str,
+    t: Transport,
+    mem_mib: u64,
+    tweak: fn(&mut VmConfig),
+    cases: &[Case],
+    run: impl Fn(&mut Vm, Case) -> Result<F>,
+    table: impl Fn(&str, &[F]) -> String,
+) -> Result<Vec<F>> {
+    let title = format!("{scenario}, {t}, {mem_mib} MiB guest");
+    let mut runs = Vec::new();
+    for &case in cases {
+        let r = boot_with(scenario, t, mem_mib, case, tweak).and_then(|mut vm| {
+            let f = run(&mut vm, case)?;
+            vm.shutdown()?;
+            Ok(f)
+        });
+        match r {
+            Ok(f) => runs.push(f),
+            Err(e) => {
+                eprintln!("{}", table(&title, &runs));
+                return Err(e.context(format!("{scenario} on {t}, {case} driver")));
+            }
+        }
+    }
+    eprintln!("{}", table(&title, &runs));
+    Ok(runs)
+}
+
 /// One /proc/vmstat counter; an error naming it if the kernel does not have it.
 pub fn vmstat_field(v: &BTreeMap<String, u64>, name: &str) -> Result<u64> {
     v.get(name)

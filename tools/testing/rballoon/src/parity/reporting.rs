@@ -21,6 +21,13 @@ const TOUCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often QEMU's resident set is sampled.
 const SAMPLE: Duration = Duration::from_millis(250);
 
+/// QEMU's resident set must fall by this share of what the guest freed ...
+pub const REPORT_PERCENT: u64 = 75;
+
+/// ... within this bound (mm reports a sixteenth of each free list, at least two batches, per
+/// pass, passes 2 s apart).
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(45);
+
 /// What one reporting run measured.
 #[derive(Clone, Debug)]
 pub struct Figures {
@@ -111,50 +118,77 @@ fn settled_rss(vm: &Vm) -> Result<u64> {
 /// keep the pattern): there the scenario boots with `page_poison=0`, and page reporting discards.
 pub fn configure(cfg: &mut VmConfig) {
     if cfg.paths.is_debug() {
-        if !cfg.append.is_empty() {
-            cfg.append.push(' ');
-        }
-        cfg.append.push_str("page_poison=0");
+        cfg.append_arg("page_poison=0");
     }
+}
+
+/// Memory the guest wrote and freed, and QEMU's resident set around it.
+#[derive(Clone, Copy, Debug)]
+pub struct Freed {
+    /// MiB written and freed.
+    pub mib: u64,
+    /// QEMU's resident set before, kB.
+    pub rss_before_kb: u64,
+    /// At most while the guest wrote, kB.
+    pub rss_peak_kb: u64,
+}
+
+impl Freed {
+    /// `percent` of what was freed, kB.
+    pub fn share_kb(&self, percent: u64) -> u64 {
+        (self.mib << 10) * percent / 100
+    }
+}
+
+/// Write all free memory of `vm` (its driver loaded as `case`) but a headroom, and free it.
+///
+/// Errors if writing the memory did not make QEMU's resident set grow by at least
+/// `want_percent` of it: a fall by that share would then mean nothing.
+pub fn write_and_free(vm: &mut Vm, case: Case, want_percent: u64) -> Result<Freed> {
+    let what = format!("free page reporting with the {case} driver");
+    let free = meminfo_mib(vm, "MemFree")?;
+    let mib = free
+        .checked_sub(HEADROOM_MIB)
+        .filter(|&m| m >= 64)
+        .ok_or_else(|| {
+            Error::other(format!("{what}: only {free} MiB free, too little to write"))
+        })?;
+    let rss_before_kb = settled_rss(vm)?;
+    // The peak is what QEMU held at most while the guest wrote: by the time the command is back
+    // (seconds later on the debug guest) reporting may have discarded much of it already.
+    let pid = qemu_pid(vm)?;
+    reset_peak_rss(pid)?;
+    guestmem::touch(vm, mib, TOUCH_TIMEOUT).context(&what)?;
+    let f = Freed {
+        mib,
+        rss_before_kb,
+        rss_peak_kb: peak_rss_kb(pid)?.max(qemu_rss_kb(vm)?),
+    };
+    if f.rss_peak_kb < rss_before_kb + f.share_kb(want_percent) {
+        return Err(Error::other(format!(
+            "{what}: QEMU's RSS only went from {} to {} MiB while the guest wrote {mib} MiB",
+            rss_before_kb >> 10,
+            f.rss_peak_kb >> 10
+        )));
+    }
+    Ok(f)
 }
 
 /// Run the scenario on `vm` (its driver loaded as `case`): write all free memory but a headroom,
 /// free it, and watch QEMU's resident set for up to `timeout` until it has fallen by
 /// `want_percent` of what was freed.
 ///
-/// Errors if writing the memory did not make QEMU's resident set grow by at least that share (the
-/// measurement would mean nothing); whether the fall came is in the figures, for the caller to
+/// Errors as [`write_and_free`]; whether the fall came is in the figures, for the caller to
 /// judge next to the other driver's.
 pub fn run(vm: &mut Vm, case: Case, want_percent: u64, timeout: Duration) -> Result<Figures> {
-    let what = format!("free page reporting with the {case} driver");
-    let free = meminfo_mib(vm, "MemFree")?;
-    let freed_mib = free
-        .checked_sub(HEADROOM_MIB)
-        .filter(|&m| m >= 64)
-        .ok_or_else(|| {
-            Error::other(format!("{what}: only {free} MiB free, too little to write"))
-        })?;
-    let want_kb = (freed_mib << 10) * want_percent / 100;
-    let rss_before_kb = settled_rss(vm)?;
-    // The peak is what QEMU held at most while the guest wrote: by the time the command is back
-    // (seconds later on the debug guest) reporting may have discarded much of it already.
-    let pid = qemu_pid(vm)?;
-    reset_peak_rss(pid)?;
-    guestmem::touch(vm, freed_mib, TOUCH_TIMEOUT).context(&what)?;
-    let rss_peak_kb = peak_rss_kb(pid)?.max(qemu_rss_kb(vm)?);
-    if rss_peak_kb < rss_before_kb + want_kb {
-        return Err(Error::other(format!(
-            "{what}: QEMU's RSS only went from {} to {} MiB while the guest wrote {freed_mib} MiB",
-            rss_before_kb >> 10,
-            rss_peak_kb >> 10
-        )));
-    }
-    let w = watch_rss(vm, SAMPLE, timeout, |kb| kb + want_kb <= rss_peak_kb)?;
+    let f = write_and_free(vm, case, want_percent)?;
+    let want_kb = f.share_kb(want_percent);
+    let w = watch_rss(vm, SAMPLE, timeout, |kb| kb + want_kb <= f.rss_peak_kb)?;
     Ok(Figures {
         case,
-        freed_mib,
-        rss_before_kb,
-        rss_peak_kb,
+        freed_mib: f.mib,
+        rss_before_kb: f.rss_before_kb,
+        rss_peak_kb: f.rss_peak_kb,
         rss_after_kb: w.min_kb,
         secs: w.took.map(|d| d.as_secs_f64()),
         want_percent,

@@ -183,7 +183,20 @@ impl Held {
 
     /// End it (SIGTERM) and wait for it; its memory goes back to the guest.
     pub fn release(self, vm: &mut Vm) -> Result<()> {
-        let (st, _) = vm.sh_status(&format!("kill -TERM {p}; wait {p}", p = self.pid))?;
+        self.end(vm)?;
+        self.reap(vm)
+    }
+
+    /// End it (SIGTERM) without waiting: its memory goes back to the guest as it exits, while the
+    /// host already watches. [`Held::reap`] must follow.
+    pub fn end(&self, vm: &mut Vm) -> Result<()> {
+        vm.sh(&format!("kill -TERM {}", self.pid))?;
+        Ok(())
+    }
+
+    /// Wait for it once [`Held::end`]ed; an error if it did not end well.
+    pub fn reap(self, vm: &mut Vm) -> Result<()> {
+        let (st, _) = vm.sh_status(&format!("wait {}", self.pid))?;
         if st != 0 {
             let text = vm.sh(&format!("cat {}", self.out)).unwrap_or_default();
             return Err(Error::new(

@@ -10,7 +10,7 @@
 //! - the balloon moving: QEMU stopped once an inflate has begun, and again right after a
 //!   deflate was asked for. After each stop the balloon must reach the target it was moving to
 //!   without being asked again; then a new target, and back to empty.
-//! - free pages being reported: the guest writes and frees most of its memory, and QEMU is
+//! - free pages being reported: the guest writes most of its memory and frees it, and QEMU is
 //!   stopped once it has discarded the first reported pages. Reporting must go on afterwards
 //!   (QEMU's resident set falls by [`REPORT_PERCENT`] of what was freed, as in `parity.rs`), and
 //!   the balloon must still inflate to a target and deflate fully.
@@ -335,11 +335,13 @@ struct Reports {
 fn reports(vm: &mut Vm, case: Case) -> Result<Reports> {
     let what = format!("{case} driver, QEMU stopped while reporting");
     let boot = Ledger::read(vm)?;
-    let freed = reporting::write_and_free(vm, case, REPORT_PERCENT)?;
-    // Before mm starts reporting (2 s after the pages were freed).
+    let (held, freed) = reporting::write_and_hold(vm, case, REPORT_PERCENT)?;
     let up = uptime(vm)?;
     let peak = freed.rss_peak_kb;
     let want_kb = freed.share_kb(REPORT_PERCENT);
+    // Freed without waiting for the guest to say so (the debug guest takes seconds), so that
+    // QEMU is watched from before mm starts reporting, 2 s after the pages are free.
+    held.end(vm)?;
     let begun = hostmem::watch_rss(vm, Duration::from_millis(5), REPORT_TIMEOUT, |kb| {
         kb + REPORTING_BEGUN_KB <= peak
     })?;
@@ -362,6 +364,7 @@ fn reports(vm: &mut Vm, case: Case) -> Result<Reports> {
     }
     let guest_secs = stall(vm, up)?;
     problems.extend(too_short(guest_secs));
+    held.reap(vm)?;
     let after = hostmem::watch_rss(vm, Duration::from_millis(250), REPORT_TIMEOUT, |kb| {
         kb + want_kb <= peak
     })?;

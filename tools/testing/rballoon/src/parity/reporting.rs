@@ -138,6 +138,20 @@ impl Freed {
     pub fn share_kb(&self, percent: u64) -> u64 {
         (self.mib << 10) * percent / 100
     }
+
+    /// An error if writing the memory did not make QEMU's resident set grow by `percent` of it:
+    /// a fall by that share would then mean nothing.
+    fn check_grew(&self, what: &str, percent: u64) -> Result<()> {
+        if self.rss_peak_kb < self.rss_before_kb + self.share_kb(percent) {
+            return Err(Error::other(format!(
+                "{what}: QEMU's RSS only went from {} to {} MiB while the guest wrote {} MiB",
+                self.rss_before_kb >> 10,
+                self.rss_peak_kb >> 10,
+                self.mib
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Write all free memory of `vm` (its driver loaded as `case`) but a headroom, and free it.
@@ -145,15 +159,7 @@ impl Freed {
 /// Errors if writing the memory did not make QEMU's resident set grow by at least
 /// `want_percent` of it: a fall by that share would then mean nothing.
 pub fn write_and_free(vm: &mut Vm, case: Case, want_percent: u64) -> Result<Freed> {
-    let what = format!("free page reporting with the {case} driver");
-    let free = meminfo_mib(vm, "MemFree")?;
-    let mib = free
-        .checked_sub(HEADROOM_MIB)
-        .filter(|&m| m >= 64)
-        .ok_or_else(|| {
-            Error::other(format!("{what}: only {free} MiB free, too little to write"))
-        })?;
-    let rss_before_kb = settled_rss(vm)?;
+    let (what, mib, rss_before_kb) = prepare(vm, case)?;
     // The peak is what QEMU held at most while the guest wrote: by the time the command is back
     // (seconds later on the debug guest) reporting may have discarded much of it already.
     let pid = qemu_pid(vm)?;
@@ -164,14 +170,46 @@ pub fn write_and_free(vm: &mut Vm, case: Case, want_percent: u64) -> Result<Free
         rss_before_kb,
         rss_peak_kb: peak_rss_kb(pid)?.max(qemu_rss_kb(vm)?),
     };
-    if f.rss_peak_kb < rss_before_kb + f.share_kb(want_percent) {
-        return Err(Error::other(format!(
-            "{what}: QEMU's RSS only went from {} to {} MiB while the guest wrote {mib} MiB",
-            rss_before_kb >> 10,
-            f.rss_peak_kb >> 10
-        )));
-    }
+    f.check_grew(&what, want_percent)?;
     Ok(f)
+}
+
+/// What the scenario is called, how much memory to write (all free memory but a headroom), MiB,
+/// and QEMU's resident set before, kB.
+fn prepare(vm: &mut Vm, case: Case) -> Result<(String, u64, u64)> {
+    let what = format!("free page reporting with the {case} driver");
+    let free = meminfo_mib(vm, "MemFree")?;
+    let mib = free
+        .checked_sub(HEADROOM_MIB)
+        .filter(|&m| m >= 64)
+        .ok_or_else(|| {
+            Error::other(format!("{what}: only {free} MiB free, too little to write"))
+        })?;
+    Ok((what, mib, settled_rss(vm)?))
+}
+
+/// Write all free memory of `vm` (its driver loaded as `case`) but a headroom, and keep it: the
+/// caller frees it ([`guestmem::Held::end`]) while it watches QEMU, so that it sees reporting from
+/// its start even on a guest slow to answer. The peak is QEMU's resident set once written.
+///
+/// Errors as [`write_and_free`].
+pub fn write_and_hold(
+    vm: &mut Vm,
+    case: Case,
+    want_percent: u64,
+) -> Result<(guestmem::Held, Freed)> {
+    let (what, mib, rss_before_kb) = prepare(vm, case)?;
+    let held = guestmem::Held::hold(vm, mib, TOUCH_TIMEOUT).context(&what)?;
+    let f = Freed {
+        mib,
+        rss_before_kb,
+        rss_peak_kb: qemu_rss_kb(vm)?,
+    };
+    if let Err(e) = f.check_grew(&what, want_percent) {
+        let _ = held.release(vm);
+        return Err(e);
+    }
+    Ok((held, f))
 }
 
 /// Run the scenario on `vm` (its driver loaded as `case`): write all free memory but a headroom,

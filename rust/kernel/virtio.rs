@@ -30,7 +30,7 @@
 //!   `clear`, `device`), `probe`, `ready` (device live, after probe and restore), `unbind`,
 //!   `config_changed` (atomic), `vq_callback(queue position)` (interrupt), `work(id)`,
 //!   `shutdown`, `freeze`, `restore`.
-//! - [`Device`]: `device_id`, `vendor_id`; bound: `has_feature`, `is_little_endian`,
+//! - [`Device`]: `device_id`, `vendor_id`; bound: `has_feature`, `endian` ([`Endian`]),
 //!   `has_config_access`, `config_read_le::<u8|u16|u32|u64>(offset)`, `config_write_le`,
 //!   `queue_work(id)` (freezable system workqueue; refused before `ready` and while going away),
 //!   `queue_own_work(id)` (the device's own workqueue, for long CPU-bound work);
@@ -72,11 +72,13 @@ use core::{
 };
 
 mod device_stop;
+mod endian;
 mod page_block;
 mod virtqueue;
 
 use self::device_stop::DeviceStop;
 
+pub use self::endian::Endian;
 pub use self::page_block::PageBlock;
 pub use self::virtqueue::{
     InBuffer, LentScatterList, OutBuffer, PageBuffer, Virtqueue, VirtqueueInfo, Virtqueues,
@@ -966,11 +968,17 @@ impl Device<device::Bound> {
         unsafe { bindings::virtio_has_feature(self.as_raw(), bit) }
     }
 
-    /// Whether the device is little-endian: virtio 1.0 devices always are, legacy devices are
-    /// when the guest is.
-    pub fn is_little_endian(&self) -> bool {
-        // SAFETY: By the type invariant the device is valid.
-        unsafe { bindings::virtio_is_little_endian(self.as_raw()) }
+    /// The byte order of the `__virtio16/32/64` values in the device's buffers: little-endian
+    /// for virtio 1.0 devices, the guest's for legacy ones.
+    pub fn endian(&self) -> Endian {
+        // SAFETY: By the type invariant the device is valid; it is bound, so its features are
+        // negotiated and stay as they are.
+        let little = unsafe { bindings::virtio_is_little_endian(self.as_raw()) };
+        if little {
+            Endian::Little
+        } else {
+            Endian::Big
+        }
     }
 
     /// Reads a little-endian value at `offset` of the device-specific configuration space.

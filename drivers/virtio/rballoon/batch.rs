@@ -26,7 +26,7 @@
 //! queue never allocates, so neither does a step.
 
 use crate::pfn::{BufferFull, Geometry, PfnBuffer, VIRTIO_BALLOON_ARRAY_PFNS_MAX};
-use kernel::{alloc::Flags, prelude::*};
+use kernel::{alloc::Flags, prelude::*, virtio::Endian};
 
 /// The most request buffers one step fills and has in flight on a queue.
 ///
@@ -74,15 +74,21 @@ pub(crate) struct PfnBatch {
 }
 
 impl PfnBatch {
-    /// Allocates a batch of `buffers` (at least one) request buffers for pages of `geometry`.
-    pub(crate) fn new(buffers: usize, geometry: Geometry, flags: Flags) -> Result<Self> {
+    /// Allocates a batch of `buffers` (at least one) request buffers for pages of `geometry`, to
+    /// a device of byte order `endian`.
+    pub(crate) fn new(
+        buffers: usize,
+        geometry: Geometry,
+        endian: Endian,
+        flags: Flags,
+    ) -> Result<Self> {
         if buffers == 0 {
             return Err(EINVAL);
         }
         let filled = KVec::with_capacity(buffers, flags)?;
         let mut spare = KVec::with_capacity(buffers, flags)?;
         for _ in 0..buffers {
-            spare.push(KBox::new(PfnBuffer::new(geometry), flags)?, flags)?;
+            spare.push(KBox::new(PfnBuffer::new(geometry, endian), flags)?, flags)?;
         }
         // INVARIANT: both vectors have room for all `buffers`, and nothing is filled yet.
         Ok(Self {
@@ -221,7 +227,7 @@ mod tests {
 
     #[test]
     fn pages_spill_into_the_next_buffer() -> Result {
-        let mut batch = PfnBatch::new(4, G4K, GFP_KERNEL)?;
+        let mut batch = PfnBatch::new(4, G4K, Endian::GUEST, GFP_KERNEL)?;
         batch.start(3);
         assert_eq!(batch.guest_page_room(), 3 * 256);
         for pfn in 0..600 {
@@ -248,7 +254,7 @@ mod tests {
 
     #[test]
     fn every_buffer_stays_within_256_pfns() -> Result {
-        let mut batch = PfnBatch::new(MAX_BUFFERS_IN_FLIGHT, G64K, GFP_KERNEL)?;
+        let mut batch = PfnBatch::new(MAX_BUFFERS_IN_FLIGHT, G64K, Endian::GUEST, GFP_KERNEL)?;
         batch.start(MAX_BUFFERS_IN_FLIGHT);
         let mut pages = 0;
         while batch.push_page(pages).is_ok() {
@@ -271,7 +277,7 @@ mod tests {
 
     #[test]
     fn buffers_with_the_host_are_not_reused() -> Result {
-        let mut batch = PfnBatch::new(2, G4K, GFP_KERNEL)?;
+        let mut batch = PfnBatch::new(2, G4K, Endian::GUEST, GFP_KERNEL)?;
         batch.start(2);
         for pfn in 0..300 {
             assert_eq!(batch.push_page(pfn), Ok(()));
@@ -295,8 +301,11 @@ mod tests {
 
     #[test]
     fn no_buffers_no_step() -> Result {
-        assert_eq!(PfnBatch::new(0, G4K, GFP_KERNEL).err(), Some(EINVAL));
-        let mut batch = PfnBatch::new(1, G4K, GFP_KERNEL)?;
+        assert_eq!(
+            PfnBatch::new(0, G4K, Endian::GUEST, GFP_KERNEL).err(),
+            Some(EINVAL)
+        );
+        let mut batch = PfnBatch::new(1, G4K, Endian::GUEST, GFP_KERNEL)?;
         batch.start(0);
         assert_eq!(batch.guest_page_room(), 0);
         assert_eq!(batch.push_page(1), Err(BufferFull));

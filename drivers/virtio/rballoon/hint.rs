@@ -143,16 +143,6 @@ pub(crate) const fn blocks_covering(pages: usize, block_pages: usize) -> usize {
     pages.div_ceil(block_pages)
 }
 
-/// The command id as the device reads it: a `__virtio32`, little-endian unless the device is a
-/// legacy one on a big-endian guest.
-pub(crate) const fn cmd_id_bytes(id: u32, little_endian: bool) -> [u8; 4] {
-    if little_endian {
-        id.to_le_bytes()
-    } else {
-        id.to_be_bytes()
-    }
-}
-
 #[kernel::macros::kunit_tests(rballoon_hint)]
 mod tests {
     use super::*;
@@ -292,12 +282,5 @@ mod tests {
         assert_eq!(blocks_covering(128, 1024), 1);
         assert_eq!(blocks_covering(usize::MAX, 1024), usize::MAX / 1024 + 1);
         assert_eq!(blocks_covering(5, 0), 0);
-    }
-
-    #[test]
-    fn the_id_is_sent_in_device_byte_order() {
-        assert_eq!(cmd_id_bytes(0x8000_0001, true), [1, 0, 0, 0x80]);
-        assert_eq!(cmd_id_bytes(0x8000_0001, false), [0x80, 0, 0, 1]);
-        assert_eq!(cmd_id_bytes(CMD_ID_STOP, true), [0; 4]);
     }
 }

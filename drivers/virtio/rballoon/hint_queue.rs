@@ -29,7 +29,7 @@ use kernel::{
         Mutex, SpinLock,
     },
     time::{delay::fsleep, Delta, Instant, Monotonic},
-    virtio::{self, OutBuffer, PageBlock, PageBuffer, Virtqueue},
+    virtio::{self, Endian, OutBuffer, PageBlock, PageBuffer, Virtqueue},
 };
 
 /// Order of the hinted blocks (the C `VIRTIO_BALLOON_HINT_BLOCK_ORDER`, `MAX_PAGE_ORDER`).
@@ -160,8 +160,8 @@ impl Counters {
 #[pin_data]
 pub(crate) struct Hinting<'b> {
     dev: &'b virtio::Device<Bound>,
-    /// Whether the device reads command ids little-endian.
-    little_endian: bool,
+    /// The byte order the device reads command ids in.
+    endian: Endian,
     /// Taken by the hint work and the shrinker; never held while allocating with reclaim.
     #[pin]
     blocks: SpinLock<Blocks<'b>>,
@@ -184,7 +184,7 @@ impl<'b> Hinting<'b> {
     ) -> impl PinInit<Self, Error> + 'b {
         try_pin_init!(Self {
             dev,
-            little_endian: dev.is_little_endian(),
+            endian: dev.endian(),
             blocks <- new_spinlock!(Blocks {
                 vq: Some(vq),
                 kept: KVec::new(),
@@ -250,10 +250,7 @@ impl<'b> Hinting<'b> {
 
     /// Sends command id `id` (the C `send_cmd_id_start()` / `send_cmd_id_stop()`).
     fn send_cmd_id(&self, id: u32) -> Result {
-        let buf = KBox::new(
-            HintBuf::CmdId(hint::cmd_id_bytes(id, self.little_endian)),
-            GFP_KERNEL,
-        )?;
+        let buf = KBox::new(HintBuf::CmdId(self.endian.u32_bytes(id)), GFP_KERNEL)?;
         let mut b = self.blocks.lock();
         b.reap();
         self.publish(&b);

@@ -14,17 +14,18 @@
 //!   [`PAGES_PER_PAGE`] (`PAGE_SIZE >> 12` of this kernel).
 //! - [`Geometry`]: the guest page size seen from the balloon. [`Geometry::KERNEL`] is this kernel's;
 //!   [`Geometry::new`] takes any page shift so that 16K and 64K page layouts can be tested on a
-//!   4K kernel. `pages_per_page()`, `balloon_pfn(pfn)`, `balloon_pfns(pfn)`.
-//! - [`PfnBuffer`]: one request worth of little-endian `u32` balloon PFNs (at most 256).
-//!   `push_page(pfn)` appends the `pages_per_page()` PFNs of a guest page or returns
+//!   4K kernel. `pages_per_page()`, `balloon_pfn(pfn)`, `balloon_pfns(pfn)`, `report_order()`
+//!   (the smallest free block to report: 2 MiB with 64 KiB pages).
+//! - [`PfnBuffer`]: one request worth of `__virtio32` balloon PFNs (at most 256), in the
+//!   device's byte order ([`Endian`]). `push_page(pfn)` appends the `pages_per_page()` PFNs of a guest page or returns
 //!   [`BufferFull`]; `is_full()`, `len()` (in balloon pages), `guest_pages()`, `as_bytes()` (the
 //!   bytes to put in the virtqueue), `get(i)`, `clear()`.
 //!
-//! The PFN array is little-endian because the balloon is a virtio 1.0 device when
-//! `VIRTIO_F_VERSION_1` is negotiated, and legacy devices on the little-endian machines this
-//! driver is built for use the guest's (little) endianness too.
+//! The PFN array is little-endian for a virtio 1.0 device and in the guest's byte order for a
+//! legacy one (C: `cpu_to_virtio32()`): a legacy balloon on a big-endian guest (s390, ppc32) that
+//! got little-endian PFNs would discard the wrong pages.
 
-use kernel::page::PAGE_SHIFT;
+use kernel::{page::PAGE_SHIFT, virtio::Endian};
 
 /// The balloon protocol's page size, as a shift: balloon PFNs always count 4 KiB pages.
 pub(crate) const VIRTIO_BALLOON_PFN_SHIFT: u32 = 12;
@@ -33,6 +34,9 @@ pub(crate) const VIRTIO_BALLOON_PFN_SHIFT: u32 = 12;
 ///
 /// The same array size as the C driver's, so that the host sees the same request sizes.
 pub(crate) const VIRTIO_BALLOON_ARRAY_PFNS_MAX: usize = 256;
+
+/// The free blocks page reporting reports with large pages: 2 MiB, a host's huge page.
+const REPORT_BLOCK_SHIFT: u32 = 21;
 
 /// Number of balloon pages (4 KiB) one guest page stands for on this kernel.
 pub(crate) const PAGES_PER_PAGE: u32 = Geometry::KERNEL.pages_per_page();
@@ -116,6 +120,18 @@ impl Geometry {
         pfn.wrapping_mul(self.pages_per_page() as usize) as u32
     }
 
+    /// The smallest free block free page reporting tells the host about, as a page order:
+    /// 2 MiB with 64 KiB pages (order 5), as the C driver sets it on arm64, where the core's
+    /// default, `pageblock_order`, is 512 MiB and almost no free memory would ever be reported;
+    /// `None`, the default, with smaller pages (2 MiB with 4 KiB pages, 32 MiB with 16 KiB).
+    pub(crate) const fn report_order(self) -> Option<u32> {
+        if self.page_shift >= 16 {
+            Some(REPORT_BLOCK_SHIFT - self.page_shift)
+        } else {
+            None
+        }
+    }
+
     /// The [`Self::pages_per_page`] consecutive balloon PFNs of the guest page `pfn`, in the
     /// order they are sent to the host (the first one points at the start of the page).
     pub(crate) fn balloon_pfns(self, pfn: usize) -> impl Iterator<Item = u32> {
@@ -132,19 +148,21 @@ impl Geometry {
 /// # Invariants
 ///
 /// `len <= VIRTIO_BALLOON_ARRAY_PFNS_MAX`, `len` is a multiple of `geometry.pages_per_page()`, and
-/// `bytes[..4 * len]` holds `len` little-endian `u32` balloon PFNs.
+/// `bytes[..4 * len]` holds `len` balloon PFNs, `u32`s in byte order `endian`.
 pub(crate) struct PfnBuffer {
     geometry: Geometry,
+    endian: Endian,
     len: usize,
     bytes: [u8; 4 * VIRTIO_BALLOON_ARRAY_PFNS_MAX],
 }
 
 impl PfnBuffer {
-    /// An empty buffer for pages of `geometry`.
-    pub(crate) const fn new(geometry: Geometry) -> Self {
+    /// An empty buffer for pages of `geometry`, to a device of byte order `endian`.
+    pub(crate) const fn new(geometry: Geometry, endian: Endian) -> Self {
         // INVARIANT: empty.
         Self {
             geometry,
+            endian,
             len: 0,
             bytes: [0; 4 * VIRTIO_BALLOON_ARRAY_PFNS_MAX],
         }
@@ -191,7 +209,7 @@ impl PfnBuffer {
         let start = 4 * self.len;
         for (i, balloon_pfn) in self.geometry.balloon_pfns(pfn).enumerate() {
             let at = start + 4 * i;
-            self.bytes[at..at + 4].copy_from_slice(&balloon_pfn.to_le_bytes());
+            self.bytes[at..at + 4].copy_from_slice(&self.endian.u32_bytes(balloon_pfn));
         }
         // INVARIANT: `is_full()` was false, so a whole page more is still in bounds.
         self.len += self.geometry.pages_per_page() as usize;
@@ -206,12 +224,12 @@ impl PfnBuffer {
             return None;
         }
         let at = 4 * index;
-        let mut le = [0u8; 4];
-        le.copy_from_slice(&self.bytes[at..at + 4]);
-        Some(u32::from_le_bytes(le))
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.bytes[at..at + 4]);
+        Some(self.endian.u32_from(b))
     }
 
-    /// The request payload: `len()` little-endian `u32` balloon PFNs.
+    /// The request payload: `len()` `__virtio32` balloon PFNs.
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..4 * self.len]
     }
@@ -261,6 +279,18 @@ mod tests {
     }
 
     #[test]
+    fn reports_2m_blocks_with_64k_pages() {
+        // The C driver's order 5 under CONFIG_ARM64_64K_PAGES: 2 MiB.
+        assert_eq!(G64K.report_order(), Some(5));
+        assert_eq!(1usize << (5 + G64K.page_shift()), 2 << 20);
+        // Smaller pages keep the core's default, pageblock_order, as in C.
+        assert_eq!(G4K.report_order(), None);
+        assert_eq!(G16K.report_order(), None);
+        // 1 MiB pages (the largest a request can name): two of them.
+        assert_eq!(Geometry::new(20).and_then(|g| g.report_order()), Some(1));
+    }
+
+    #[test]
     fn balloon_pfn_truncates_like_c() {
         // C: `return pfn * VIRTIO_BALLOON_PAGES_PER_PAGE;` into a u32.
         let pfn = (1usize << 31) + 5;
@@ -271,7 +301,7 @@ mod tests {
 
     #[test]
     fn buffer_encodes_little_endian() {
-        let mut buf = PfnBuffer::new(G4K);
+        let mut buf = PfnBuffer::new(G4K, Endian::Little);
         assert!(buf.is_empty());
         assert_eq!(buf.push_page(0x0102_0304), Ok(()));
         assert_eq!(buf.push_page(0xa0b0c), Ok(()));
@@ -286,8 +316,21 @@ mod tests {
     }
 
     #[test]
+    fn buffer_encodes_big_endian_for_a_legacy_device_on_a_big_endian_guest() {
+        let mut buf = PfnBuffer::new(G4K, Endian::Big);
+        assert_eq!(buf.push_page(0x0102_0304), Ok(()));
+        assert_eq!(buf.as_bytes(), &[0x01, 0x02, 0x03, 0x04]);
+        assert_eq!(buf.get(0), Some(0x0102_0304));
+        // 64K pages: each of the 16 balloon PFNs in the same order.
+        let mut buf = PfnBuffer::new(G64K, Endian::Big);
+        assert_eq!(buf.push_page(1), Ok(()));
+        assert_eq!(&buf.as_bytes()[..8], &[0, 0, 0, 16, 0, 0, 0, 17]);
+        assert_eq!(buf.get(15), Some(31));
+    }
+
+    #[test]
     fn buffer_holds_whole_64k_pages() {
-        let mut buf = PfnBuffer::new(G64K);
+        let mut buf = PfnBuffer::new(G64K, Endian::Little);
         assert_eq!(buf.push_page(1), Ok(()));
         assert_eq!(buf.len(), 16);
         assert_eq!(buf.guest_pages(), 1);
@@ -302,7 +345,7 @@ mod tests {
     #[test]
     fn buffer_splits_at_256_pfns() {
         for (geometry, pages) in [(G4K, 256usize), (G16K, 64), (G64K, 16)] {
-            let mut buf = PfnBuffer::new(geometry);
+            let mut buf = PfnBuffer::new(geometry, Endian::GUEST);
             for pfn in 0..pages {
                 assert!(!buf.is_full());
                 assert_eq!(buf.push_page(pfn), Ok(()));

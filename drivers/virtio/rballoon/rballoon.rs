@@ -357,7 +357,12 @@ impl Host<'_> {
     fn start_afresh(&self) -> Result {
         let mut inner = self.lock.lock();
         if inner.host != HostState::Answering {
-            inner.pfns = PfnBatch::new(MAX_BUFFERS_IN_FLIGHT, Geometry::KERNEL, GFP_KERNEL)?;
+            inner.pfns = PfnBatch::new(
+                MAX_BUFFERS_IN_FLIGHT,
+                Geometry::KERNEL,
+                self.dev.endian(),
+                GFP_KERNEL,
+            )?;
             inner.host = HostState::Answering;
             self.stalled.store(false, Relaxed);
         }
@@ -849,7 +854,7 @@ fn init_vqs<'b>(dev: &'b virtio::Device<Core<'_>>) -> Result<AllQueues<'b>> {
     };
     let stats = if stats {
         let mut vq = vqs.take(VQ_STATS)?;
-        let mut buf = KBox::new(StatsBuffer::new(), GFP_KERNEL)?;
+        let mut buf = KBox::new(StatsBuffer::new(dev.endian()), GFP_KERNEL)?;
         buf.fill(&MemStats::gather(), PAGE_SHIFT as u32);
         // The device is not live yet: it will use this buffer to ask for statistics later.
         if let Err((e, _)) = vq.add_outbuf(buf, GFP_KERNEL) {
@@ -1195,7 +1200,12 @@ impl virtio::Driver for RBalloonDriver {
                 }
                 None => None,
             };
-            let pfns = PfnBatch::new(MAX_BUFFERS_IN_FLIGHT, Geometry::KERNEL, GFP_KERNEL)?;
+            let pfns = PfnBatch::new(
+                MAX_BUFFERS_IN_FLIGHT,
+                Geometry::KERNEL,
+                bound.endian(),
+                GFP_KERNEL,
+            )?;
             // 32 KiB each with 4 KiB pages: may come from vmalloc.
             let deflated = KVVec::with_capacity(STEP_GUEST_PAGES, GFP_KERNEL)?;
             let inflating = KVVec::with_capacity(STEP_GUEST_PAGES, GFP_KERNEL)?;
@@ -1252,7 +1262,10 @@ impl virtio::Driver for RBalloonDriver {
         }
         let capacity = this.balloon.reporting.lock().as_ref().map(|r| r.vq.size());
         if let Some(capacity) = capacity {
-            if let Err(e) = this.balloon.register_page_reporting(None, capacity) {
+            if let Err(e) = this
+                .balloon
+                .register_page_reporting(Geometry::KERNEL.report_order(), capacity)
+            {
                 if e != EBUSY {
                     dev_warn!(dev, "cannot register free page reporting: {:?}\n", e);
                 }

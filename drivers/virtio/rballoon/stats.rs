@@ -2,8 +2,9 @@
 
 //! The memory statistics the balloon reports to the host on its stats virtqueue.
 //!
-//! The payload is an array of packed 10-byte `struct virtio_balloon_stat { __le16 tag; __le64 val; }`
-//! entries. Which tags are sent, and in which order, is fixed for a given kernel build and is the
+//! The payload is an array of packed 10-byte `struct virtio_balloon_stat { __virtio16 tag;
+//! __virtio64 val; }` entries: little-endian for a virtio 1.0 device, the guest's byte order for a
+//! legacy one (C: `cpu_to_virtio16/64()`; QEMU reads them with `virtio_tswap16/64()`). Which tags are sent, and in which order, is fixed for a given kernel build and is the
 //! C driver's (`update_balloon_vm_stats()` then `update_balloon_stats()`):
 //!
 //! | # | tag | value |
@@ -31,10 +32,10 @@
 //! [`kernel::balloon::stats::MemStats::gather`]):
 //!
 //! - the 16 tags `VIRTIO_BALLOON_S_*` and [`VIRTIO_BALLOON_S_NR`], [`STAT_ENTRY_SIZE`] (10).
-//! - [`StatsBuffer`]: `new()`, `fill(&stats, page_shift)` (re-encodes all entries, returns how
+//! - [`StatsBuffer`]: `new(endian)`, `fill(&stats, page_shift)` (re-encodes all entries, returns how
 //!   many), `is_empty()`, `as_bytes()` (the payload to put in the virtqueue), `entry(i)`.
 
-use kernel::balloon::stats::MemStats;
+use kernel::{balloon::stats::MemStats, virtio::Endian};
 
 /// Amount of memory swapped in (bytes).
 pub(crate) const VIRTIO_BALLOON_S_SWAP_IN: u16 = 0;
@@ -71,24 +72,27 @@ pub(crate) const VIRTIO_BALLOON_S_DIRECT_RECLAIM: u16 = 15;
 /// Number of defined tags, and the most entries one report holds.
 pub(crate) const VIRTIO_BALLOON_S_NR: usize = 16;
 
-/// Size of one packed `struct virtio_balloon_stat`: `__le16 tag` then `__le64 val`.
+/// Size of one packed `struct virtio_balloon_stat`: `__virtio16 tag` then `__virtio64 val`.
 pub(crate) const STAT_ENTRY_SIZE: usize = 10;
 
 /// A stats report, encoded as the device reads it.
 ///
 /// # Invariants
 ///
-/// `len <= VIRTIO_BALLOON_S_NR` and `bytes[..len * STAT_ENTRY_SIZE]` holds `len` encoded entries.
+/// `len <= VIRTIO_BALLOON_S_NR` and `bytes[..len * STAT_ENTRY_SIZE]` holds `len` entries encoded
+/// in byte order `endian`.
 pub(crate) struct StatsBuffer {
+    endian: Endian,
     len: usize,
     bytes: [u8; VIRTIO_BALLOON_S_NR * STAT_ENTRY_SIZE],
 }
 
 impl StatsBuffer {
-    /// An empty report.
-    pub(crate) const fn new() -> Self {
+    /// An empty report, for a device of byte order `endian`.
+    pub(crate) const fn new(endian: Endian) -> Self {
         // INVARIANT: empty.
         Self {
+            endian,
             len: 0,
             bytes: [0; VIRTIO_BALLOON_S_NR * STAT_ENTRY_SIZE],
         }
@@ -118,7 +122,7 @@ impl StatsBuffer {
         let mut val = [0u8; 8];
         tag.copy_from_slice(&self.bytes[at..at + 2]);
         val.copy_from_slice(&self.bytes[at + 2..at + STAT_ENTRY_SIZE]);
-        Some((u16::from_le_bytes(tag), u64::from_le_bytes(val)))
+        Some((self.endian.u16_from(tag), self.endian.u64_from(val)))
     }
 
     fn push(&mut self, tag: u16, val: u64) {
@@ -128,8 +132,8 @@ impl StatsBuffer {
             return;
         }
         let at = self.len * STAT_ENTRY_SIZE;
-        self.bytes[at..at + 2].copy_from_slice(&tag.to_le_bytes());
-        self.bytes[at + 2..at + STAT_ENTRY_SIZE].copy_from_slice(&val.to_le_bytes());
+        self.bytes[at..at + 2].copy_from_slice(&self.endian.u16_bytes(tag));
+        self.bytes[at + 2..at + STAT_ENTRY_SIZE].copy_from_slice(&self.endian.u64_bytes(val));
         // INVARIANT: in bounds by the check above, and the entry was just written.
         self.len += 1;
     }
@@ -172,7 +176,10 @@ impl StatsBuffer {
 #[kernel::macros::kunit_tests(rballoon_stats)]
 mod tests {
     use super::*;
-    use kernel::balloon::stats::{HugetlbStats, VmEventStats};
+    use kernel::{
+        balloon::stats::{HugetlbStats, VmEventStats},
+        bindings,
+    };
 
     fn sample(vm: bool, hugetlb: bool) -> MemStats {
         MemStats {
@@ -201,7 +208,7 @@ mod tests {
 
     #[test]
     fn full_report_order_and_values() {
-        let mut buf = StatsBuffer::new();
+        let mut buf = StatsBuffer::new(Endian::Little);
         assert_eq!(buf.fill(&sample(true, true), 12), VIRTIO_BALLOON_S_NR);
         let expected: [(u16, u64); VIRTIO_BALLOON_S_NR] = [
             (VIRTIO_BALLOON_S_SWAP_IN, 1 << 12),
@@ -235,7 +242,7 @@ mod tests {
 
     #[test]
     fn packed_little_endian_layout() {
-        let mut buf = StatsBuffer::new();
+        let mut buf = StatsBuffer::new(Endian::Little);
         buf.fill(&sample(true, true), 12);
         let bytes = buf.as_bytes();
         assert_eq!(bytes.len(), VIRTIO_BALLOON_S_NR * STAT_ENTRY_SIZE);
@@ -249,8 +256,76 @@ mod tests {
     }
 
     #[test]
+    fn packed_big_endian_layout_for_a_legacy_device_on_a_big_endian_guest() {
+        let mut buf = StatsBuffer::new(Endian::Big);
+        buf.fill(&sample(true, true), 12);
+        let bytes = buf.as_bytes();
+        assert_eq!(bytes.len(), 160);
+        // Entry 0: tag 0 (SWAP_IN), value 0x1000, most significant byte first.
+        assert_eq!(&bytes[..10], &[0, 0, 0, 0, 0, 0, 0, 0, 0x10, 0x00]);
+        // Entry 2: tag 2 (MAJFLT), value 3.
+        assert_eq!(&bytes[20..30], &[0, 2, 0, 0, 0, 0, 0, 0, 0, 3]);
+        // Last entry: tag 7 (CACHES), value 0x32000.
+        assert_eq!(&bytes[150..160], &[0, 7, 0, 0, 0, 0, 0, 0x03, 0x20, 0x00]);
+        assert_eq!(buf.entry(15), Some((VIRTIO_BALLOON_S_CACHES, 50 << 12)));
+    }
+
+    #[test]
+    fn tags_are_the_uapi_headers() {
+        // The protocol's numbers, from include/uapi/linux/virtio_balloon.h, not from this file.
+        for (ours, uapi) in [
+            (VIRTIO_BALLOON_S_SWAP_IN, bindings::VIRTIO_BALLOON_S_SWAP_IN),
+            (
+                VIRTIO_BALLOON_S_SWAP_OUT,
+                bindings::VIRTIO_BALLOON_S_SWAP_OUT,
+            ),
+            (VIRTIO_BALLOON_S_MAJFLT, bindings::VIRTIO_BALLOON_S_MAJFLT),
+            (VIRTIO_BALLOON_S_MINFLT, bindings::VIRTIO_BALLOON_S_MINFLT),
+            (VIRTIO_BALLOON_S_MEMFREE, bindings::VIRTIO_BALLOON_S_MEMFREE),
+            (VIRTIO_BALLOON_S_MEMTOT, bindings::VIRTIO_BALLOON_S_MEMTOT),
+            (VIRTIO_BALLOON_S_AVAIL, bindings::VIRTIO_BALLOON_S_AVAIL),
+            (VIRTIO_BALLOON_S_CACHES, bindings::VIRTIO_BALLOON_S_CACHES),
+            (
+                VIRTIO_BALLOON_S_HTLB_PGALLOC,
+                bindings::VIRTIO_BALLOON_S_HTLB_PGALLOC,
+            ),
+            (
+                VIRTIO_BALLOON_S_HTLB_PGFAIL,
+                bindings::VIRTIO_BALLOON_S_HTLB_PGFAIL,
+            ),
+            (
+                VIRTIO_BALLOON_S_OOM_KILL,
+                bindings::VIRTIO_BALLOON_S_OOM_KILL,
+            ),
+            (
+                VIRTIO_BALLOON_S_ALLOC_STALL,
+                bindings::VIRTIO_BALLOON_S_ALLOC_STALL,
+            ),
+            (
+                VIRTIO_BALLOON_S_ASYNC_SCAN,
+                bindings::VIRTIO_BALLOON_S_ASYNC_SCAN,
+            ),
+            (
+                VIRTIO_BALLOON_S_DIRECT_SCAN,
+                bindings::VIRTIO_BALLOON_S_DIRECT_SCAN,
+            ),
+            (
+                VIRTIO_BALLOON_S_ASYNC_RECLAIM,
+                bindings::VIRTIO_BALLOON_S_ASYNC_RECLAIM,
+            ),
+            (
+                VIRTIO_BALLOON_S_DIRECT_RECLAIM,
+                bindings::VIRTIO_BALLOON_S_DIRECT_RECLAIM,
+            ),
+        ] {
+            assert_eq!(u32::from(ours), uapi);
+        }
+        assert_eq!(VIRTIO_BALLOON_S_NR as u32, bindings::VIRTIO_BALLOON_S_NR);
+    }
+
+    #[test]
     fn pages_are_converted_with_the_page_size() {
-        let mut buf = StatsBuffer::new();
+        let mut buf = StatsBuffer::new(Endian::Little);
         // 64K pages: free memory is 100 * 64 KiB.
         buf.fill(&sample(true, true), 16);
         assert_eq!(buf.entry(12), Some((VIRTIO_BALLOON_S_MEMFREE, 100 << 16)));
@@ -266,7 +341,7 @@ mod tests {
 
     #[test]
     fn subsets_follow_the_configuration() {
-        let mut buf = StatsBuffer::new();
+        let mut buf = StatsBuffer::new(Endian::Little);
         // Without CONFIG_HUGETLB_PAGE: the two hugetlb entries are left out, order kept.
         assert_eq!(buf.fill(&sample(true, false), 12), 14);
         assert_eq!(

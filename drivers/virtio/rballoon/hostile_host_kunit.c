@@ -19,6 +19,7 @@
 #include <linux/jiffies.h>
 #include <linux/migrate.h>
 #include <linux/mm.h>
+#include <linux/page_reporting.h>
 #include <linux/slab.h>
 #include <linux/virtio.h>
 #include <linux/virtio_balloon.h>
@@ -409,9 +410,62 @@ static void th_release(struct device *dev)
 
 /* ---- Test helpers. ---- */
 
+/*
+ * The balloon's size in 4 KiB balloon pages, as `actual` and the requests count it: exact, with
+ * the per-cpu deltas an SMP kernel has not folded into the node counters yet (thousands of pages
+ * go in and out here, and global_node_page_state() lags by up to a batch per CPU).
+ */
 static unsigned long balloon_pages(void)
 {
-	return global_node_page_state(NR_BALLOON_PAGES);
+	struct pglist_data *pgdat;
+	long pages = 0;
+
+	for_each_online_pgdat(pgdat) {
+#ifdef CONFIG_SMP
+		int cpu;
+
+		for_each_online_cpu(cpu)
+			pages += per_cpu_ptr(pgdat->per_cpu_nodestats,
+					     cpu)->vm_node_stat_diff[NR_BALLOON_PAGES];
+#endif
+		pages += atomic_long_read(&pgdat->vm_stat[NR_BALLOON_PAGES]);
+	}
+	return max(pages, 0L) * (PAGE_SIZE >> VIRTIO_BALLOON_PFN_SHIFT);
+}
+
+#define TH_HINT_BLOCK_MIB ((PAGE_SIZE << MAX_PAGE_ORDER) >> 20)
+
+/* Free blocks of the order hinting takes (MAX_PAGE_ORDER: 512 MiB with 64 KiB pages). */
+static unsigned long free_hint_blocks(void)
+{
+	unsigned long blocks = 0;
+	struct zone *zone;
+
+	for_each_populated_zone(zone) {
+		/* Read without the zone lock: the count only decides whether a case can run. */
+		blocks += data_race(zone->free_area[MAX_PAGE_ORDER].nr_free);
+	}
+	return blocks;
+}
+
+/* Hinting needs @n free blocks to lend: a guest without them cannot run the case. */
+#define th_need_hint_blocks(test, n)                                           \
+	do {                                                                   \
+		unsigned long __free = free_hint_blocks(), __n = (n);         \
+									       \
+		if (__free < __n)                                              \
+			kunit_skip(test,                                       \
+				   "hinting takes free %lu MiB blocks: %lu free, %lu needed", \
+				   TH_HINT_BLOCK_MIB, __free, __n);            \
+	} while (0)
+
+/*
+ * Page reporting keeps the order of its first registration until boot: another suite's (the
+ * balloon core's, with none) may have fixed it already. The driver's own is what is tested.
+ */
+static void th_forget_report_order(void)
+{
+	page_reporting_order = PAGE_REPORTING_ORDER_UNSPECIFIED;
 }
 
 static void th_drain_local(struct work_struct *work)
@@ -693,9 +747,16 @@ static struct folio *th_new_folio(struct folio *src, unsigned long private)
 }
 
 /* Migrates the balloon page at @pfn as compaction does; returns migrate_pages()'s result. */
+/* The guest page balloon PFN @pfn (4 KiB units) falls in. */
+static struct page *th_balloon_page(unsigned long pfn)
+{
+	return pfn_to_page(pfn >> (PAGE_SHIFT - VIRTIO_BALLOON_PFN_SHIFT));
+}
+
+/* Migrates the balloon page that balloon PFN @pfn falls in. */
 static int th_compact_one(unsigned long pfn)
 {
-	struct page *page = pfn_to_page(pfn);
+	struct page *page = th_balloon_page(pfn);
 	LIST_HEAD(pages);
 	int ret;
 
@@ -731,7 +792,7 @@ static void a_migration_the_host_was_not_told_of_fails(struct kunit *test)
 	th->keep[TH_DEFLATE] = true;
 	ret = th_compact_one(pfn);
 	KUNIT_EXPECT_NE_MSG(test, ret, 0, "the page left the balloon untold");
-	KUNIT_EXPECT_TRUE(test, page_has_movable_ops(pfn_to_page(pfn)));
+	KUNIT_EXPECT_TRUE(test, page_has_movable_ops(th_balloon_page(pfn)));
 	/* Nothing new was inflated for a migration that failed. */
 	KUNIT_EXPECT_EQ(test, READ_ONCE(th->pfns_inflated), inflated);
 	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 1024UL);
@@ -831,10 +892,11 @@ static void hint_command_ids_out_of_order(struct kunit *test)
 {
 	static const u32 ids[] = { 10, 3, 10, 11 };
 	unsigned long free_before = free_pages_drained(), free_after;
-	struct test_host *th = th_new(test, FEATURES_BASE |
-				      BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT));
+	struct test_host *th;
 	unsigned int i, j, ms;
 
+	th_need_hint_blocks(test, 1);
+	th = th_new(test, FEATURES_BASE | BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT));
 	th->keep_hint_blocks = true;
 	th_start(test, th);
 	for (i = 0; i < ARRAY_SIZE(ids); i++) {
@@ -923,6 +985,7 @@ static void a_host_keeping_reported_pages_does_not_keep_them(struct kunit *test)
 	unsigned int ms;
 
 	th->keep[TH_REPORTING] = true;
+	th_forget_report_order();
 	th_start(test, th);
 	/*
 	 * The smallest block reported: 2 MiB with 64 KiB pages, as the C driver sets it (the core's
@@ -966,6 +1029,7 @@ static void a_host_stalled_on_a_report_and_statistics_stops_nothing(struct kunit
 
 	th->keep[TH_REPORTING] = true;
 	th->keep[TH_STATS] = true;
+	th_forget_report_order();
 	th->stats_requests = 1;
 	th_start(test, th);
 	resets = READ_ONCE(th->resets);
@@ -1004,11 +1068,12 @@ static void done_frees_the_blocks_a_host_keeps(struct kunit *test)
 	/* Less than one block: the window is at least one. */
 	const unsigned long slack = 1UL << (MAX_PAGE_ORDER - 1);
 	unsigned long free_before = free_pages_drained(), t0;
-	struct test_host *th = th_new(test, FEATURES_BASE |
-				      BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT));
+	struct test_host *th;
 	bool ended, freed;
 	unsigned int ms;
 
+	th_need_hint_blocks(test, TH_LEND_WINDOW);
+	th = th_new(test, FEATURES_BASE | BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT));
 	th->keep_hint_blocks = true;
 	th_start(test, th);
 	t0 = jiffies;

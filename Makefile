@@ -6,6 +6,8 @@
 #   make bench   the C balloon driver against ours, side by side (ROUNDS=5, BENCH_MEM=4096,
 #                WORKLOADS=1,3,4,5; BENCH=short or make bench-short: 1 round, 2 GiB) -> out/bench/
 #   make stress  the stress and fault suite for both drivers (STRESS_SECONDS, FLAVOUR=debug)
+#   make matrix  the KUnit suites on other architectures under QEMU: arm64 with 4 KiB and 64 KiB
+#                pages (LEGS=arm64-4k picks some); not part of make test
 #
 # RUST=min (default) builds with trixie's Rust, the kernel's minimum; RUST=latest with the newest
 # trixie-backports serves, in a toolchain root and build directories of its own.
@@ -29,12 +31,12 @@ export CARGO_TARGET_DIR := $(RBALLOON_CACHE)/harness-target
 export RBALLOON_REPO := $(CURDIR)
 HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
 
-.PHONY: all root tree kernel initramfs harness guest run demo kunit lint test stress harness-test check bench bench-short patches distclean help
+.PHONY: all root tree kernel initramfs harness guest run demo kunit matrix lint test stress harness-test check bench bench-short patches distclean help
 
 all: guest harness
 
 help:
-	@sed -n '3,13p' Makefile
+	@sed -n '3,15p' Makefile
 
 root:
 	@$(S)/mkroot.sh
@@ -61,6 +63,10 @@ demo: guest harness
 
 kunit: root
 	@$(S)/kunit.sh
+
+# KUnit on other architectures (scripts/rballoon/matrix.sh); LEGS= picks legs, default all.
+matrix: root
+	@$(if $(LEGS),MATRIX_LEGS="$(LEGS)") $(S)/matrix.sh
 
 lint: kernel
 	@$(S)/lint.sh

@@ -3,6 +3,7 @@
 # toolchain root. /dev/kvm is hidden there (see in-root.sh), so kunit.py's QEMU falls back to TCG
 # instead of hanging on nested KVM; ACCEL=kvm shows it again.
 . "$(dirname "$0")/common.sh"
+. "$(dirname "$0")/kunit-lib.sh"
 
 # CORE=c runs the same suites against the C balloon core (mm/balloon.c) instead of the Rust one, in
 # a build directory of its own so that switching does not rebuild either kernel.
@@ -43,19 +44,11 @@ rc=0
 counts=${RB_KUNIT_COUNTS:-$log.counts}
 rm -f "$log" "$counts"
 rb_step "KUnit (log: $log)" run "$@" || rc=$?
-# kunit.py's own summary: the per-suite results and the totals line.
-grep -E '^\[[0-9:]+\] (=+|\[(PASSED|FAILED|SKIPPED|CRASHED)\]|Testing complete|Elapsed)' "$log" | tail -n 60 || true
-# The totals as "passed failed skipped crashed", for make test's closing line (scripts/rballoon/tally.sh).
-if total=$(grep -E 'Testing complete\. Ran [0-9]+ tests' "$log" | tail -n1); then
-	for f in passed failed skipped crashed; do
-		n=$(sed -n "s/.*[:,] $f: \([0-9]*\).*/\1/p" <<< "$total")
-		printf '%s ' "${n:-0}"
-	done > "$counts"
-	echo >> "$counts"
-fi
+# kunit.py's own summary, then the totals for make test's closing line (scripts/rballoon/kunit-lib.sh).
+kunit_summary "$log"
+kunit_counts "$log" "$counts"
 [ "$rc" = 0 ] || { tail -n 40 "$log"; exit "$rc"; }
 # A splat does not fail a KUnit test by itself (lockdep and KASAN only report): it fails the run.
-if grep -nE 'BUG:|WARNING:|KASAN|possible circular locking|inconsistent lock state|list_(add|del) corruption|sleeping function called' \
-	"$out/test.log"; then
+if kunit_splat "$out/test.log"; then
 	rb_die "KUnit: a splat in the kernel log ($out/test.log)"
 fi

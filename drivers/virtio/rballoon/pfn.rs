@@ -17,9 +17,9 @@
 //!   4K kernel. `pages_per_page()`, `balloon_pfn(pfn)`, `balloon_pfns(pfn)`, `report_order()`
 //!   (the smallest free block to report: 2 MiB with 64 KiB pages).
 //! - [`PfnBuffer`]: one request worth of `__virtio32` balloon PFNs (at most 256), in the
-//!   device's byte order ([`Endian`]). `push_page(pfn)` appends the `pages_per_page()` PFNs of a guest page or returns
-//!   [`BufferFull`]; `is_full()`, `len()` (in balloon pages), `guest_pages()`, `as_bytes()` (the
-//!   bytes to put in the virtqueue), `get(i)`, `clear()`.
+//!   device's byte order ([`Endian`]). `push_page(pfn)` appends the `pages_per_page()` PFNs of a
+//!   guest page or returns [`BufferFull`]; `is_full()`, `len()` (in balloon pages),
+//!   `guest_pages()`, `as_bytes()` (the bytes to put in the virtqueue), `get(i)`, `clear()`.
 //!
 //! The PFN array is little-endian for a virtio 1.0 device and in the guest's byte order for a
 //! legacy one (C: `cpu_to_virtio32()`): a legacy balloon on a big-endian guest (s390, ppc32) that

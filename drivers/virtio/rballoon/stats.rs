@@ -4,8 +4,9 @@
 //!
 //! The payload is an array of packed 10-byte `struct virtio_balloon_stat { __virtio16 tag;
 //! __virtio64 val; }` entries: little-endian for a virtio 1.0 device, the guest's byte order for a
-//! legacy one (C: `cpu_to_virtio16/64()`; QEMU reads them with `virtio_tswap16/64()`). Which tags are sent, and in which order, is fixed for a given kernel build and is the
-//! C driver's (`update_balloon_vm_stats()` then `update_balloon_stats()`):
+//! legacy one (C: `cpu_to_virtio16/64()`; QEMU reads them with `virtio_tswap16/64()`). Which
+//! tags are sent, and in which order, is fixed for a given kernel build and is the C driver's
+//! (`update_balloon_vm_stats()` then `update_balloon_stats()`):
 //!
 //! | # | tag | value |
 //! |---|-----|-------|
@@ -32,8 +33,8 @@
 //! [`kernel::balloon::stats::MemStats::gather`]):
 //!
 //! - the 16 tags `VIRTIO_BALLOON_S_*` and [`VIRTIO_BALLOON_S_NR`], [`STAT_ENTRY_SIZE`] (10).
-//! - [`StatsBuffer`]: `new(endian)`, `fill(&stats, page_shift)` (re-encodes all entries, returns how
-//!   many), `is_empty()`, `as_bytes()` (the payload to put in the virtqueue), `entry(i)`.
+//! - [`StatsBuffer`]: `new(endian)`, `fill(&stats, page_shift)` (re-encodes all entries, returns
+//!   how many), `is_empty()`, `as_bytes()` (the payload to put in the virtqueue), `entry(i)`.
 
 use kernel::{balloon::stats::MemStats, virtio::Endian};
 

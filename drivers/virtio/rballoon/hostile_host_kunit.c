@@ -337,6 +337,39 @@ static void th_del_vqs(struct virtio_device *vdev)
 	}
 }
 
+/*
+ * What the device's queue @index is for, numbered as QEMU and crosvm number them: by the features
+ * the device offers, not by those negotiated: inflate, deflate, then stats, free page hinting and
+ * reporting, each only if offered. -1 past the last queue.
+ */
+static int th_role(struct test_host *th, unsigned int index)
+{
+	static const struct {
+		int role;
+		int feature;	/* offered for the queue to exist; -1: always there */
+	} layout[] = {
+		{ TH_INFLATE, -1 },
+		{ TH_DEFLATE, -1 },
+		{ TH_STATS, VIRTIO_BALLOON_F_STATS_VQ },
+		{ TH_FREE_PAGE, VIRTIO_BALLOON_F_FREE_PAGE_HINT },
+		{ TH_REPORTING, VIRTIO_BALLOON_F_REPORTING },
+	};
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(layout); i++) {
+		if (layout[i].feature >= 0 && !(th->features & BIT_ULL(layout[i].feature)))
+			continue;
+		if (!index--)
+			return layout[i].role;
+	}
+	return -1;
+}
+
+/*
+ * The transport numbers the driver's named queues 0, 1, 2, ... in its order (absent ones have no
+ * name), as virtio-pci and virtio-mmio do; the device serves each as th_role() says, whatever the
+ * driver meant it for.
+ */
 static int th_find_vqs(struct virtio_device *vdev, unsigned int nvqs, struct virtqueue *vqs[],
 		       struct virtqueue_info vqs_info[], struct irq_affinity *desc)
 {
@@ -346,13 +379,20 @@ static int th_find_vqs(struct virtio_device *vdev, unsigned int nvqs, struct vir
 	if (nvqs > TH_NUM_VQS)
 		return -EINVAL;
 	for (i = 0; i < nvqs; i++) {
-		struct th_vq *q = &th->vqs[i];
 		const struct vring *vring;
-		int err;
+		struct th_vq *q;
+		int role, err;
 
 		vqs[i] = NULL;
 		if (!vqs_info[i].name)
 			continue;
+		role = th_role(th, index);
+		if (role < 0) {
+			/* No such queue: a PCI device reports size 0 for it. */
+			th_del_vqs(vdev);
+			return -ENOENT;
+		}
+		q = &th->vqs[role];
 		q->vq = vring_create_virtqueue(index++, TH_VQ_SIZE, SMP_CACHE_BYTES, vdev, true,
 					       false, vqs_info[i].ctx, th_notify,
 					       vqs_info[i].callback, vqs_info[i].name);
@@ -487,9 +527,14 @@ static unsigned long free_pages_drained(void)
  */
 static struct test_host *th_new(struct kunit *test, u64 features)
 {
-	struct device *parent = kunit_device_register(test, "rballoon-hostile-host");
+	static atomic_t devices;
 	struct test_host *th;
+	struct device *parent;
+	char name[32];
 
+	/* A name of its own: a case may make several devices, and the names stay until its end. */
+	snprintf(name, sizeof(name), "rballoon-hostile-host-%d", atomic_inc_return(&devices));
+	parent = kunit_device_register(test, name);
 	KUNIT_ASSERT_NOT_ERR_OR_NULL(test, parent);
 	th = kzalloc_obj(*th, GFP_KERNEL);
 	KUNIT_ASSERT_NOT_NULL(test, th);
@@ -1228,6 +1273,49 @@ static void a_legacy_device_gets_pfns_and_statistics_in_the_guests_byte_order(st
 	th_destroy(th);
 }
 
+/*
+ * For each subset of the optional queues (stats, free page hinting, reporting) the host offers,
+ * every queue the driver makes lands where the host has it: the queue the device uses for a
+ * purpose carries the driver's name for that purpose. A driver that declined an offered queue
+ * feature other than the last would shift the ones after it.
+ */
+static void queues_are_where_the_host_numbers_them(struct kunit *test)
+{
+	static const char *const names[TH_NUM_VQS] = {
+		"inflate", "deflate", "stats", "free_page_vq", "reporting_vq"
+	};
+	static const u64 optional[] = {
+		BIT_ULL(VIRTIO_BALLOON_F_STATS_VQ),
+		BIT_ULL(VIRTIO_BALLOON_F_FREE_PAGE_HINT),
+		BIT_ULL(VIRTIO_BALLOON_F_REPORTING) | BIT_ULL(VIRTIO_BALLOON_F_PAGE_POISON),
+	};
+	unsigned int subset, i, made, expected;
+
+	for (subset = 0; subset < BIT(ARRAY_SIZE(optional)); subset++) {
+		u64 features = FEATURES_BASE;
+		struct test_host *th;
+
+		for (i = 0; i < ARRAY_SIZE(optional); i++)
+			if (subset & BIT(i))
+				features |= optional[i];
+		th = th_new(test, features);
+		th_start(test, th);
+		made = 0;
+		for (i = 0; i < TH_NUM_VQS; i++) {
+			if (!th->vqs[i].vq)
+				continue;
+			made++;
+			KUNIT_EXPECT_STREQ_MSG(test, th->vqs[i].vq->name, names[i],
+					       "offered %#llx: the host's %s queue", features,
+					       names[i]);
+		}
+		expected = 2 + hweight32(subset);
+		KUNIT_EXPECT_EQ_MSG(test, made, expected, "offered %#llx", features);
+		th_remove(th);
+		th_destroy(th);
+	}
+}
+
 static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE(used_lengths_the_driver_never_gave_are_ignored),
 	KUNIT_CASE(statistics_asked_faster_than_answered),
@@ -1244,6 +1332,7 @@ static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE_SLOW(done_frees_the_blocks_a_host_keeps),
 	KUNIT_CASE(freeze_stops_a_device_that_claims_to_be_reset),
 	KUNIT_CASE(a_legacy_device_gets_pfns_and_statistics_in_the_guests_byte_order),
+	KUNIT_CASE(queues_are_where_the_host_numbers_them),
 	{}
 };
 

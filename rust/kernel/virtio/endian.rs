@@ -33,16 +33,6 @@ impl Endian {
         Self::Big
     };
 
-    /// The byte order of a device that negotiated `VIRTIO_F_VERSION_1` (`true`) or not, as
-    /// the C `virtio_is_little_endian()` decides it.
-    pub const fn of_device(version_1: bool) -> Self {
-        if version_1 {
-            Self::Little
-        } else {
-            Self::GUEST
-        }
-    }
-
     /// `v` as the device reads a `__virtio16`: `cpu_to_virtio16()`.
     pub const fn u16_bytes(self, v: u16) -> [u8; 2] {
         match self {
@@ -97,9 +87,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_1_is_little_endian_and_legacy_the_guests() {
-        assert_eq!(Endian::of_device(true), Endian::Little);
-        assert_eq!(Endian::of_device(false), Endian::GUEST);
+    fn the_guests_order_is_its_native_one() {
         let guest_is_little = Endian::GUEST == Endian::Little;
         assert_eq!(guest_is_little, cfg!(target_endian = "little"));
         // The guest's order is the one native integers have in memory.

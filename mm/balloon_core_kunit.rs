@@ -427,7 +427,7 @@ mod tests {
         assert_eq!(page_count(a), 2);
 
         assert!(isolate(a));
-        assert_eq!(migrate(a, bindings::migrate_mode_MIGRATE_SYNC, 0), 0);
+        assert_eq!(migrate(a, bindings::migrate_mode::MIGRATE_SYNC, 0), 0);
         assert_eq!(b.calls.load(Relaxed), 1);
         assert_eq!(b.last_old.load(Relaxed), pfn(a));
         let new = b.last_new.load(Relaxed);
@@ -467,7 +467,7 @@ mod tests {
         let a_managed = zone_managed(a);
         assert!(isolate(a));
         assert_eq!(
-            migrate_with(a, bindings::migrate_mode_MIGRATE_SYNC, 0, new_dma_folio),
+            migrate_with(a, bindings::migrate_mode::MIGRATE_SYNC, 0, new_dma_folio),
             0
         );
         // SAFETY: The new page is in the balloon, hence alive.
@@ -505,14 +505,14 @@ mod tests {
         // Temporary: retried, then put back.
         b.answer.store(EAGAIN.to_errno(), Relaxed);
         assert!(isolate(a));
-        assert!(migrate(a, bindings::migrate_mode_MIGRATE_ASYNC, 0) > 0);
+        assert!(migrate(a, bindings::migrate_mode::MIGRATE_ASYNC, 0) > 0);
         assert!(b.calls.load(Relaxed) >= 2);
         // Permanent: given up at the first answer (in one async pass; a sync migration would
         // make a second, synchronous pass over every failure).
         b.calls.store(0, Relaxed);
         b.answer.store(EBUSY.to_errno(), Relaxed);
         assert!(isolate(a));
-        assert!(migrate(a, bindings::migrate_mode_MIGRATE_ASYNC, 0) > 0);
+        assert!(migrate(a, bindings::migrate_mode::MIGRATE_ASYNC, 0) > 0);
         assert_eq!(b.calls.load(Relaxed), 1);
 
         assert_eq!(b.isolated(), 0);
@@ -534,7 +534,7 @@ mod tests {
         b.answer.store(ENOENT.to_errno(), Relaxed);
         assert!(isolate(a));
         // "Old page deflated, new page not inflated": a success for the migration core.
-        assert_eq!(migrate(a, bindings::migrate_mode_MIGRATE_SYNC, 0), 0);
+        assert_eq!(migrate(a, bindings::migrate_mode::MIGRATE_SYNC, 0), 0);
         assert_eq!(b.isolated(), 0);
         assert!(b.dequeue(1)?.is_empty());
         let (inflate, deflate, migrated, balloon_pages, managed) = before.delta()?;
@@ -791,14 +791,14 @@ fn compact_one(s: &Shared, rng: u32) {
         1 => {
             migrate(
                 page,
-                bindings::migrate_mode_MIGRATE_ASYNC,
+                bindings::migrate_mode::MIGRATE_ASYNC,
                 s as *const Shared as c_ulong,
             );
         }
         _ => {
             migrate(
                 page,
-                bindings::migrate_mode_MIGRATE_SYNC,
+                bindings::migrate_mode::MIGRATE_SYNC,
                 s as *const Shared as c_ulong,
             );
         }

@@ -7,8 +7,8 @@
 //! and the Rust `rballoon` (through `kernel::balloon`) work unchanged on either core.
 //!
 //! - Each driver owns a `struct balloon_dev_info`. Its `pages` list, its `isolated_pages` count
-//!   and the `page->private` of its pages change only under [`BALLOON_LOCK`], one lock for all
-//!   devices (there is rarely more than one), as in C.
+//!   and the `page->private` of its pages change only under the core's lock ([`Locked`]), one for
+//!   all devices (there is rarely more than one), as in C.
 //! - Inflating (`balloon_page_enqueue()`, `balloon_page_list_enqueue()`) marks a page
 //!   `PageOffline`, with balloon migration also `PG_movable_ops` and its device in
 //!   `page->private`, puts it on the list, takes it out of the managed page count if the device
@@ -26,15 +26,18 @@
 //! is called from interrupt context (drivers inflate and deflate from work items and notifiers,
 //! compaction migrates from process context), so there is nothing to exclude interrupts for.
 //!
-//! The core starts at `device_initcall` time. `mm/` links before `drivers/`, so it is up before
-//! any built-in balloon driver probes, and long before modules load.
+//! The lock is C's `DEFINE_SPINLOCK(balloon_core_lock)` (`balloon_rust_exports.c`), initialised
+//! statically as `mm/balloon.c`'s is: usable by the first balloon call whenever it comes. The
+//! movable operations are registered at `core_initcall` time, as `mm/balloon.c` does, before
+//! every `device_initcall`: `arch/` links before `mm/`, and a built-in balloon of its (pseries
+//! CMM) starts inflating from a thread of its own.
 
 use core::ptr;
 use kernel::{
     bindings,
     ffi::{c_int, c_ulong},
     prelude::*,
-    sync::{global_lock, GlobalGuard},
+    sync::{SpinLock, SpinLockGuard},
 };
 
 #[cfg(CONFIG_BALLOON_MIGRATION)]
@@ -43,23 +46,25 @@ use kernel::mm::movable::{
     TargetPage,
 };
 
-module! {
-    type: BalloonCore,
-    name: "balloon_core",
-    authors: ["rballoon developers"],
-    description: "Memory balloon core: page lists, accounting and migration of inflated pages",
-    license: "GPL",
+/// The prefix of the core's messages (what `module!` defines for a module; the core is no
+/// module: it starts from a `core_initcall`).
+const __LOG_PREFIX: &[u8] = b"balloon_core\0";
+
+extern "C" {
+    /// The core's lock, defined with `DEFINE_SPINLOCK()` in `balloon_rust_exports.c`.
+    static mut balloon_core_lock: bindings::spinlock_t;
 }
 
-global_lock! {
-    // SAFETY: Initialised first thing in `BalloonCore::init`, before the core's functions can be
-    // called (see the module documentation for why nothing calls them earlier).
-    unsafe(uninit) static BALLOON_LOCK: SpinLock<()> = ();
+/// The core's one lock for all devices (see [`Locked`]).
+fn balloon_lock() -> &'static SpinLock<()> {
+    // SAFETY: `balloon_core_lock` is a spinlock initialised statically by `DEFINE_SPINLOCK()`,
+    // never freed; it is only ever used as a lock, through `SpinLock`.
+    unsafe { SpinLock::from_raw(&raw mut balloon_core_lock) }
 }
 
-/// Proof that [`BALLOON_LOCK`] is held: every change of a balloon's list, of its
+/// Proof that the core's lock is held: every change of a balloon's list, of its
 /// `isolated_pages` or of a balloon page's `page->private` takes one.
-type Locked = GlobalGuard<BALLOON_LOCK>;
+type Locked = SpinLockGuard<'static, ()>;
 
 // The exported functions are the ones `include/linux/balloon.h` declares: a signature that drifts
 // from the header fails to build here.
@@ -105,7 +110,9 @@ unsafe fn mod_balloon_pages(page: *mut bindings::page, delta: i64) {
 
 /// Counts one balloon vm event.
 fn count_event(_lock: &Locked, item: bindings::vm_event_item) {
-    // SAFETY: `__count_vm_event()` needs preemption disabled, which holding the spinlock does.
+    // SAFETY: `__count_vm_event()` is a `raw_cpu_inc()` of a per-CPU counter, which any context
+    // may call. Where holding the spinlock does not disable preemption (PREEMPT_RT) an increment
+    // can be lost to a migration between CPUs: the count is statistics, as in C's balloon.c.
     unsafe { bindings::movable_count_vm_event(item) };
 }
 
@@ -208,7 +215,7 @@ pub unsafe extern "C" fn balloon_page_enqueue(
     b_dev_info: *mut bindings::balloon_dev_info,
     page: *mut bindings::page,
 ) {
-    let mut lock = BALLOON_LOCK.lock();
+    let mut lock = balloon_lock().lock();
     // SAFETY: Per the safety requirements.
     unsafe { enqueue_one(&mut lock, b_dev_info, page) };
 }
@@ -224,7 +231,7 @@ pub unsafe extern "C" fn balloon_page_list_enqueue(
     b_dev_info: *mut bindings::balloon_dev_info,
     pages: *mut bindings::list_head,
 ) -> usize {
-    let mut lock = BALLOON_LOCK.lock();
+    let mut lock = balloon_lock().lock();
     let mut n = 0;
     loop {
         // SAFETY: `pages` is a valid list of pages per the safety requirements.
@@ -257,7 +264,7 @@ pub unsafe extern "C" fn balloon_page_list_dequeue(
     pages: *mut bindings::list_head,
     n_req_pages: usize,
 ) -> usize {
-    let mut lock = BALLOON_LOCK.lock();
+    let mut lock = balloon_lock().lock();
     let mut n = 0;
     while n < n_req_pages {
         // SAFETY: The balloon list is valid and changes only under the lock, which is held.
@@ -313,7 +320,7 @@ pub unsafe extern "C" fn balloon_page_dequeue(
             page
         };
     }
-    let _lock = BALLOON_LOCK.lock();
+    let _lock = balloon_lock().lock();
     // SAFETY: The balloon list and count change only under the lock, which is held.
     let lost = unsafe {
         bindings::movable_list_empty(&raw const (*b_dev_info).pages)
@@ -330,10 +337,14 @@ pub unsafe extern "C" fn balloon_page_dequeue(
 #[cfg(CONFIG_BALLOON_MIGRATION)]
 struct BalloonMops;
 
+// SAFETY: `isolate` takes a page off its balloon's list (the only list of the core's that uses
+// `page->lru`) under the balloon lock before returning `true`, and the page is put on a list
+// again only in `putback`; `migrate` returns `Ok(())` once the balloon has let go of `src` (the
+// old page is off every list and its owner pointer cleared), as `balloon_page_migrate()` does.
 #[cfg(CONFIG_BALLOON_MIGRATION)]
-impl MovableOps for BalloonMops {
+unsafe impl MovableOps for BalloonMops {
     fn isolate(page: &CandidatePage<'_>, _mode: IsolateMode) -> bool {
-        let lock = BALLOON_LOCK.lock();
+        let lock = balloon_lock().lock();
         // SAFETY: `page` is a valid page.
         let b = unsafe { owner(&lock, page.as_raw()) };
         // No owner: still being inflated, or deflated and on the driver's list to be freed.
@@ -354,7 +365,7 @@ impl MovableOps for BalloonMops {
     }
 
     fn putback(page: &IsolatedPage<'_>) {
-        let lock = BALLOON_LOCK.lock();
+        let lock = balloon_lock().lock();
         // SAFETY: `page` is a valid page.
         let b = unsafe { owner(&lock, page.as_raw()) };
         // An isolated page cannot be deflated, so it still has its balloon.
@@ -372,7 +383,7 @@ impl MovableOps for BalloonMops {
     fn migrate(dst: &TargetPage<'_>, src: &IsolatedPage<'_>, mode: MigrateMode) -> Result {
         let (src, dst) = (src.as_raw(), dst.as_raw());
         let (b, migratepage) = {
-            let lock = BALLOON_LOCK.lock();
+            let lock = balloon_lock().lock();
             // SAFETY: `src` is a valid page.
             let b = unsafe { owner(&lock, src) };
             if kernel::warn_on!(b.is_null()) {
@@ -392,7 +403,7 @@ impl MovableOps for BalloonMops {
             return Err(Error::from_errno(rc));
         }
 
-        let mut lock = BALLOON_LOCK.lock();
+        let mut lock = balloon_lock().lock();
         // SAFETY: `b` is alive (it holds `src`, which is isolated); its flag is plain data.
         let adjust = unsafe { (*b).adjust_managed_page_count };
         if rc == 0 {
@@ -442,22 +453,19 @@ impl MovableOps for BalloonMops {
     }
 }
 
-/// The core's state: the registration of the balloon's movable operations, for the lifetime of
-/// the kernel (the core is built in, never unloaded).
-struct BalloonCore {
+/// Starts the core: registers the balloon's movable operations, at `core_initcall` time (called
+/// by `balloon_core_init()` in `balloon_rust_exports.c`, once).
+#[no_mangle]
+pub extern "C" fn balloon_core_rust_init() -> c_int {
     #[cfg(CONFIG_BALLOON_MIGRATION)]
-    _mops: Registration<BalloonMops>,
-}
-
-impl kernel::Module for BalloonCore {
-    fn init(_module: &'static ThisModule) -> Result<Self> {
-        // SAFETY: Called once, before any other use of the lock.
-        unsafe { BALLOON_LOCK.init() };
-        Ok(Self {
-            #[cfg(CONFIG_BALLOON_MIGRATION)]
-            // SAFETY: The core is built in: the registration is never dropped, so no balloon
-            // page can outlive it.
-            _mops: unsafe { Registration::new(PageType::Offline) }?,
-        })
+    {
+        // SAFETY: The core is built in and the registration is never dropped (forgotten just
+        // below), so no balloon page can outlive it.
+        match unsafe { Registration::<BalloonMops>::new(PageType::Offline) } {
+            // The operations stay registered for the lifetime of the kernel.
+            Ok(registration) => core::mem::forget(registration),
+            Err(e) => return e.to_errno(),
+        }
     }
+    0
 }

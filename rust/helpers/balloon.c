@@ -130,13 +130,14 @@ __rust_helper struct page *rust_helper_balloon_list_pop(struct list_head *head)
 	return page;
 }
 
-/*
- * Racy snapshot of the number of pages isolated for migration: the counter is
- * protected by a lock private to mm/balloon.c, so it can only be sampled.
- */
+/* Snapshot of the number of pages isolated for migration. */
 __rust_helper unsigned long
 rust_helper_balloon_isolated_pages(const struct balloon_dev_info *b_dev_info)
 {
+	/*
+	 * Racy by design: the counter is protected by the balloon core's lock,
+	 * which is private to the core, so it can only be sampled.
+	 */
 	return data_race(READ_ONCE(b_dev_info->isolated_pages));
 }
 
@@ -158,35 +159,4 @@ __rust_helper bool rust_helper_balloon_page_poisoning_enabled_static(void)
 __rust_helper unsigned long rust_helper_balloon_global_node_page_state(enum node_stat_item item)
 {
 	return global_node_page_state(item);
-}
-
-/*
- * The Rust balloon device: struct balloon_dev_info followed by the Rust
- * migration callback of its owner. Must match `RawDevInfo` in
- * rust/kernel/balloon.rs (both sides check that the callback immediately
- * follows the C structure).
- */
-struct rust_balloon_dev_info {
-	struct balloon_dev_info b_dev_info;
-	int (*migrate)(struct balloon_dev_info *b_dev_info, struct page *newpage,
-		       struct page *page, unsigned int mode);
-};
-
-static_assert(offsetof(struct rust_balloon_dev_info, migrate) ==
-	      sizeof(struct balloon_dev_info));
-
-/*
- * balloon_dev_info.migratepage of Rust balloon devices. A C function so that
- * the indirect call from mm/balloon.c has the C type, `enum migrate_mode`
- * included, that control-flow integrity checks against; the Rust callback it
- * forwards to only takes plain integers and pointers.
- */
-__rust_helper int rust_helper_balloon_migratepage(struct balloon_dev_info *b_dev_info,
-						  struct page *newpage, struct page *page,
-						  enum migrate_mode mode)
-{
-	struct rust_balloon_dev_info *rb =
-		container_of(b_dev_info, struct rust_balloon_dev_info, b_dev_info);
-
-	return rb->migrate(b_dev_info, newpage, page, (unsigned int)mode);
 }

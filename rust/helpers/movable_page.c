@@ -112,8 +112,8 @@ __rust_helper void rust_helper_movable_count_vm_event(enum vm_event_item item)
 	__count_vm_event(item);
 }
 
-__rust_helper void rust_helper_movable_mod_node_page_state(struct page *page,
-							    enum node_stat_item item, long delta)
+__rust_helper void
+rust_helper_movable_mod_node_page_state(struct page *page, enum node_stat_item item, long delta)
 {
 	mod_node_page_state(page_pgdat(page), item, delta);
 }

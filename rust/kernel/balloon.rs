@@ -129,9 +129,9 @@ unsafe fn page_pfn(page: NonNull<bindings::page>) -> usize {
 /// # Invariants
 ///
 /// `self.0` points to an order-0 page returned by `balloon_page_alloc()` or split from a
-/// [`BalloonBlock`] (directly, or back from a balloon through [`DeflatedPage::keep`]) that this object holds the owner reference to (a
-/// compaction scanner may hold a transient one of its own), that is in no balloon and whose `lru`
-/// field is unused.
+/// [`BalloonBlock`] (directly, or back from a balloon through [`DeflatedPage::keep`]) that this
+/// object holds the owner reference to (a compaction scanner may hold a transient one of its
+/// own), that is in no balloon and whose `lru` field is unused.
 pub struct BalloonPage(NonNull<bindings::page>);
 
 // SAFETY: A page reference is not tied to the thread that allocated it; it can be enqueued or
@@ -513,30 +513,18 @@ pub trait BalloonReport: BalloonMigrate + Sized {
     fn report(balloon: &BalloonDevInfo<Self>, pages: &ReportedPages<'_>) -> Result;
 }
 
-/// The Rust migration callback the C trampoline `rust_helper_balloon_migratepage()` calls.
-type MigrateFn = unsafe extern "C" fn(
-    *mut bindings::balloon_dev_info,
-    *mut bindings::page,
-    *mut bindings::page,
-    c_uint,
-) -> c_int;
-
-/// `struct rust_balloon_dev_info` of `rust/helpers/balloon.c`.
+/// The C core's `struct balloon_dev_info` of a [`BalloonDevInfo`].
 ///
 /// # Invariants
 ///
 /// Once initialised, `dev_info` is a `balloon_dev_info` set up by `balloon_devinfo_init()`, and if
-/// its `migratepage` is set, it is `rust_helper_balloon_migratepage()`, which calls `migrate` with
-/// the address of `dev_info`.
+/// its `migratepage` is set, it is `migrate_callback::<T>` of the `BalloonDevInfo<T>` it is in.
+/// The callback is called by C directly: `enum migrate_mode` is bound with its kCFI encoding
+/// (`rust/bindgen_parameters`), so the Rust function has the type id C's indirect call checks.
 #[repr(C)]
 struct RawDevInfo {
     dev_info: Opaque<bindings::balloon_dev_info>,
-    migrate: MigrateFn,
 }
-
-// The C trampoline finds `migrate` right after the C structure; it checks the same thing.
-const _: () =
-    assert!(core::mem::offset_of!(RawDevInfo, migrate) == size_of::<bindings::balloon_dev_info>());
 
 /// A balloon device: the C core's `struct balloon_dev_info` and the driver data `T` its migration
 /// callback runs on.
@@ -552,7 +540,7 @@ const _: () =
 /// # Invariants
 ///
 /// - `raw.dev_info` is initialised by `balloon_devinfo_init()`; with `CONFIG_BALLOON_MIGRATION`
-///   its `migratepage` is the C trampoline and `raw.migrate` is `migrate_callback::<T>`.
+///   its `migratepage` is `migrate_callback::<T>`.
 /// - `pages` is the number of pages enqueued through this object and not dequeued through it
 ///   since: each one is on `raw.dev_info.pages` or isolated for migration (a migrated page is
 ///   replaced by its new page, which counts for it). While it is zero, no page refers to
@@ -597,7 +585,8 @@ unsafe impl<T: BalloonMigrate> Send for BalloonDevInfo<T> {}
 // the `balloon_dev_info`, the page count is atomic and `T` is `Sync`.
 unsafe impl<T: BalloonMigrate> Sync for BalloonDevInfo<T> {}
 
-/// The migration callback of every `BalloonDevInfo<T>`, called by the C trampoline.
+/// The migration callback of every `BalloonDevInfo<T>`: its `migratepage`, called by the balloon
+/// core.
 ///
 /// # Safety
 ///
@@ -608,7 +597,7 @@ unsafe extern "C" fn migrate_callback<T: BalloonMigrate>(
     b_dev_info: *mut bindings::balloon_dev_info,
     newpage: *mut bindings::page,
     page: *mut bindings::page,
-    mode: c_uint,
+    mode: bindings::migrate_mode,
 ) -> c_int {
     // SAFETY: `BalloonDevInfo<T>` is `repr(C)` with `raw` first, `RawDevInfo` is `repr(C)` with
     // `dev_info` first and `Opaque` is transparent, so the C structure is at the address of the
@@ -750,7 +739,6 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
         try_pin_init!(Self {
             raw: RawDevInfo {
                 dev_info: Opaque::uninit(),
-                migrate: migrate_callback::<T>,
             },
             pages: Atomic::new(0),
             oom_nb: Opaque::uninit(),
@@ -768,8 +756,8 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
             unsafe {
                 (*b).adjust_managed_page_count = adjust_managed_page_count;
                 if cfg!(CONFIG_BALLOON_MIGRATION) {
-                    // INVARIANT: the trampoline forwards to `raw.migrate`, set above.
-                    (*b).migratepage = Some(bindings::balloon_migratepage);
+                    // INVARIANT: the callback of this `BalloonDevInfo<T>`.
+                    (*b).migratepage = Some(migrate_callback::<T>);
                 }
             }
             Ok(())
@@ -1074,12 +1062,12 @@ mod tests {
         let newpage = BalloonPage::alloc().ok_or(ENOMEM)?;
         let page = BalloonPage::alloc().ok_or(ENOMEM)?;
         let call = |mode| {
-            // SAFETY: `hook` is the trampoline of the live `b`, and both pages are valid for the
-            // duration of the call.
+            // SAFETY: `hook` is the migration callback of the live `b`, and both pages are valid
+            // for the duration of the call.
             unsafe { hook(b.as_raw(), newpage.0.as_ptr(), page.0.as_ptr(), mode) }
         };
 
-        assert_eq!(call(bindings::migrate_mode_MIGRATE_SYNC_LIGHT), 0);
+        assert_eq!(call(bindings::migrate_mode::MIGRATE_SYNC_LIGHT), 0);
         assert_eq!(b.calls.load(Relaxed), 1);
         assert_eq!(b.newpfn.load(Relaxed), newpage.pfn());
         assert_eq!(b.oldpfn.load(Relaxed), page.pfn());
@@ -1087,14 +1075,20 @@ mod tests {
 
         // Errors reach the C core, except "old page deflated, new page not" which is refused.
         b.answer.store(EBUSY.to_errno(), Relaxed);
-        assert_eq!(call(bindings::migrate_mode_MIGRATE_ASYNC), EBUSY.to_errno());
+        assert_eq!(
+            call(bindings::migrate_mode::MIGRATE_ASYNC),
+            EBUSY.to_errno()
+        );
         b.answer.store(ENOENT.to_errno(), Relaxed);
-        assert_eq!(call(bindings::migrate_mode_MIGRATE_SYNC), EAGAIN.to_errno());
+        assert_eq!(
+            call(bindings::migrate_mode::MIGRATE_SYNC),
+            EAGAIN.to_errno()
+        );
         assert_eq!(b.mode.load(Relaxed), MigrateMode::Sync as u32);
         assert_eq!(b.calls.load(Relaxed), 3);
 
         // A mode C does not define never reaches the driver.
-        assert_eq!(call(1000), EINVAL.to_errno());
+        assert_eq!(call(bindings::migrate_mode(1000)), EINVAL.to_errno());
         assert_eq!(b.calls.load(Relaxed), 3);
         // Nothing was enqueued: the balloon's accounting is untouched by the callback.
         assert_eq!(b.pages(), 0);
@@ -1154,7 +1148,7 @@ mod tests {
                     Some(new_folio),
                     None,
                     0,
-                    bindings::migrate_mode_MIGRATE_SYNC,
+                    bindings::migrate_mode::MIGRATE_SYNC,
                     bindings::migrate_reason_MR_COMPACTION,
                     core::ptr::null_mut(),
                 )
@@ -1304,11 +1298,14 @@ mod tests {
             MigrateMode::Sync,
         ] {
             assert_eq!(MigrateMode::from_raw(mode.as_raw()), Ok(mode));
-            assert_eq!(mode as u32, mode.as_raw());
+            assert_eq!(bindings::migrate_mode(mode as u32), mode.as_raw());
         }
         assert!(!MigrateMode::Async.may_block());
         assert!(MigrateMode::Sync.may_block());
-        assert_eq!(MigrateMode::from_raw(1000), Err(EINVAL));
+        assert_eq!(
+            MigrateMode::from_raw(bindings::migrate_mode(1000)),
+            Err(EINVAL)
+        );
     }
 
     #[test]

@@ -256,7 +256,8 @@ impl<T: Shrink> Deref for Shrinker<T> {
 /// # Safety
 ///
 /// `shrinker` must be the `raw` of a live `Shrinker<T>`, and the call must happen within a
-/// callback of that shrinker (the shrinker core holds a reference that `shrinker_free()` waits for).
+/// callback of that shrinker (the shrinker core holds a reference that `shrinker_free()` waits
+/// for).
 unsafe fn data_of<'a, T: Shrink>(shrinker: *mut bindings::shrinker) -> &'a T {
     // SAFETY: By the safety requirements and the type invariants of `Shrinker<T>`, `private_data`
     // is the address of its pinned `data`, which outlives the running callback.

@@ -30,8 +30,11 @@
 //!   `clear`, `device`), `probe`, `ready` (device live, after probe and restore), `unbind`,
 //!   `config_changed` (atomic), `vq_callback(queue position)` (interrupt), `work(id)`,
 //!   `shutdown`, `freeze`, `restore`.
-//! - [`Device`]: `device_id`, `vendor_id`; bound: `has_feature`, `endian` ([`Endian`]),
-//!   `has_config_access`, `config_read_le::<u8|u16|u32|u64>(offset)`, `config_write_le`,
+//! - [`Device`]: `device_id`, `vendor_id`; bound: `has_feature` (`false`, not `BUG()`, for a bit
+//!   the driver never offered), `features` ([`Features`], a set), `endian` ([`Endian`]),
+//!   `has_config_access`, `config::<Layout>()` ([`ConfigSpace`]: `read::<u8|u16|u32|u64,
+//!   OFFSET>()`, `write`, offsets checked at compile time against a [`ConfigLayout`] and at run
+//!   time against what the device has with its features),
 //!   `queue_work(id)` (freezable system workqueue; refused before `ready` and while going away),
 //!   `queue_own_work(id)` (the device's own workqueue, for long CPU-bound work);
 //!   core: `find_vqs(&[VirtqueueInfo])`, `alloc_own_workqueue(name)`.
@@ -71,6 +74,7 @@ use core::{
     ptr::{addr_of_mut, NonNull},
 };
 
+mod config;
 mod device_stop;
 mod endian;
 mod page_block;
@@ -78,6 +82,7 @@ mod virtqueue;
 
 use self::device_stop::DeviceStop;
 
+pub use self::config::{ConfigLayout, ConfigSpace, ConfigValue, Features};
 pub use self::endian::Endian;
 pub use self::page_block::PageBlock;
 pub use self::virtqueue::{
@@ -631,8 +636,12 @@ struct WorkRef(*const DeviceWork);
 // SAFETY: Work items run on any CPU; `DeviceWork` only holds a work item and the device pointer.
 unsafe impl Send for WorkRef {}
 
-// SAFETY: The `work_struct` stays valid until its function has run: `DeviceState` cancels its
-// work items (`cancel_work_sync()`) before they are freed.
+// SAFETY: The `work_struct` stays valid while it is queued or its function runs: `DeviceState`
+// cancels its work items with `cancel_work_sync()` before they are freed, which takes a queued
+// item off its workqueue (its function is then never called) and waits for a running one. The
+// trait's documentation asks for validity "until the function pointer is called"; for an item
+// cancelled while queued that never happens, and after `cancel_work_sync()` returns the workqueue
+// code holds no pointer to it: that is the C contract of a work item, which this relies on.
 unsafe impl workqueue::RawWorkItem<0> for WorkRef {
     type EnqueueOutput = bool;
 
@@ -882,49 +891,6 @@ pub struct Device<Ctx: device::DeviceContext = device::Normal>(
     PhantomData<Ctx>,
 );
 
-/// A value in a device's configuration space.
-///
-/// Implemented for `u8`, `u16`, `u32` and `u64`.
-pub trait ConfigValue: Copy + private::Sealed {
-    /// Size in bytes.
-    #[doc(hidden)]
-    const SIZE: usize;
-    /// Decodes from little-endian bytes (the first `SIZE` of `bytes`).
-    #[doc(hidden)]
-    fn decode_le(bytes: [u8; 8]) -> Self;
-    /// Encodes as little-endian bytes (the first `SIZE` of the result).
-    #[doc(hidden)]
-    fn encode_le(self) -> [u8; 8];
-}
-
-mod private {
-    pub trait Sealed {}
-}
-
-macro_rules! impl_config_value {
-    ($($t:ty),*) => {$(
-        impl private::Sealed for $t {}
-
-        impl ConfigValue for $t {
-            const SIZE: usize = core::mem::size_of::<$t>();
-
-            fn decode_le(bytes: [u8; 8]) -> Self {
-                let mut b = [0u8; core::mem::size_of::<$t>()];
-                b.copy_from_slice(&bytes[..Self::SIZE]);
-                <$t>::from_le_bytes(b)
-            }
-
-            fn encode_le(self) -> [u8; 8] {
-                let mut out = [0u8; 8];
-                out[..Self::SIZE].copy_from_slice(&self.to_le_bytes());
-                out
-            }
-        }
-    )*};
-}
-
-impl_config_value!(u8, u16, u32, u64);
-
 impl<Ctx: device::DeviceContext> Device<Ctx> {
     fn as_raw(&self) -> *mut bindings::virtio_device {
         self.0.get()
@@ -947,6 +913,8 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
         unsafe { &*(*self.as_raw()).config }
     }
 
+    /// Only `restore` asks (a kernel without system sleep has none).
+    #[cfg(CONFIG_PM_SLEEP)]
     fn is_driver_ok(&self) -> bool {
         let Some(get_status) = self.config_ops().get_status else {
             return false;
@@ -960,12 +928,37 @@ impl<Ctx: device::DeviceContext> Device<Ctx> {
 impl Device<device::Bound> {
     /// Whether feature `bit` was negotiated.
     ///
-    /// Like the C `virtio_has_feature()`, asking for a device feature the driver does not list in
-    /// [`Driver::FEATURES`] is a bug (and `BUG()`s).
+    /// The C `virtio_has_feature()` `BUG()`s when asked for a device feature the driver does not
+    /// list in [`Driver::FEATURES`] (or `FEATURES_LEGACY`): here that is a warning, once, and the
+    /// answer `false`, since the device cannot have negotiated what the driver never offered.
     pub fn has_feature(&self, bit: u32) -> bool {
-        // SAFETY: By the type invariant the device is valid, and it is bound, as
-        // `virtio_check_driver_offered_feature()` requires.
-        unsafe { bindings::virtio_has_feature(self.as_raw(), bit) }
+        if bit < bindings::VIRTIO_TRANSPORT_F_START && !self.driver_offers(bit) {
+            crate::pr_warn_once!(
+                "virtio: feature {} not in the driver's feature table\n",
+                bit
+            );
+            return false;
+        }
+        self.features().contains(bit)
+    }
+
+    /// Whether the bound driver lists device feature `bit` in its feature tables, as
+    /// `virtio_check_driver_offered_feature()` looks for it.
+    fn driver_offers(&self, bit: u32) -> bool {
+        // SAFETY: By the type invariant the device is valid; it is bound, so `dev.driver` points
+        // to the `device_driver` embedded in the bound `virtio_driver`, which outlives the binding.
+        let drv = unsafe {
+            let driver = (*self.as_raw()).dev.driver;
+            &*crate::container_of!(driver, bindings::virtio_driver, driver)
+        };
+        let listed = |table: *const u32, len: u32| {
+            // SAFETY: A virtio driver's feature tables are NULL or `len` entries long and static
+            // (for a Rust driver, `Driver::FEATURES` and `FEATURES_LEGACY`).
+            !table.is_null()
+                && unsafe { core::slice::from_raw_parts(table, len as usize) }.contains(&bit)
+        };
+        listed(drv.feature_table, drv.feature_table_size)
+            || listed(drv.feature_table_legacy, drv.feature_table_size_legacy)
     }
 
     /// The byte order of the `__virtio16/32/64` values in the device's buffers: little-endian
@@ -981,72 +974,17 @@ impl Device<device::Bound> {
         }
     }
 
-    /// Reads a little-endian value at `offset` of the device-specific configuration space.
+    /// The device's configuration space, typed by its layout `C` (e.g.
+    /// `bindings::virtio_balloon_config`): bounded, in the device type's byte order.
     ///
-    /// May sleep: not for [`Driver::config_changed`] or [`Driver::vq_callback`], queue work.
-    ///
-    /// Some device types (the balloon) use little-endian configuration fields even as legacy
-    /// devices; this is the C `virtio_cread_le()`. 64-bit values are read again until the
-    /// configuration generation is stable, as the C code does.
-    ///
-    /// Returns [`EINVAL`] if the transport has no configuration access or `offset` does not fit.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use kernel::{bindings, device::Bound, prelude::*, virtio};
-    ///
-    /// fn target(dev: &virtio::Device<Bound>) -> Result<u32> {
-    ///     dev.config_read_le::<u32>(core::mem::offset_of!(
-    ///         bindings::virtio_balloon_config,
-    ///         num_pages
-    ///     ))
-    /// }
-    /// ```
-    pub fn config_read_le<V: ConfigValue>(&self, offset: usize) -> Result<V> {
-        // Some transports (e.g. CCW) wait for the device, as C's `virtio_cread_le()` says.
-        crate::task::might_sleep();
-        let ops = self.config_ops();
-        let get = ops.get.ok_or(EINVAL)?;
-        let offset: u32 = offset.try_into().map_err(|_| EINVAL)?;
-        let generation = || {
-            // SAFETY: Transport ops are called with their own, valid, device.
-            ops.generation.map_or(0, |g| unsafe { g(self.as_raw()) })
-        };
-        let mut buf = [0u8; 8];
-        loop {
-            let before = generation();
-            // SAFETY: `buf` is valid for `V::SIZE <= 8` bytes of writes; the device is bound, so
-            // its transport (and configuration space) is alive.
-            unsafe {
-                get(
-                    self.as_raw(),
-                    offset,
-                    buf.as_mut_ptr().cast(),
-                    V::SIZE as u32,
-                )
-            };
-            // Values up to 32 bits are read atomically by the transports.
-            if V::SIZE <= 4 || generation() == before {
-                break;
-            }
-        }
-        Ok(V::decode_le(buf))
+    /// Returns [`EINVAL`] if the transport gives no access to the configuration space.
+    pub fn config<C: ConfigLayout>(&self) -> Result<ConfigSpace<'_, C>> {
+        ConfigSpace::new(self)
     }
 
-    /// Writes a little-endian value at `offset` of the device-specific configuration space.
-    ///
-    /// This is the C `virtio_cwrite_le()`. Returns [`EINVAL`] if the transport has no
-    /// configuration access or `offset` does not fit.
-    pub fn config_write_le<V: ConfigValue>(&self, offset: usize, value: V) -> Result {
-        crate::task::might_sleep();
-        let set = self.config_ops().set.ok_or(EINVAL)?;
-        let offset: u32 = offset.try_into().map_err(|_| EINVAL)?;
-        let buf = value.encode_le();
-        // SAFETY: `buf` is valid for `V::SIZE <= 8` bytes of reads; the device is bound, so its
-        // transport is alive.
-        unsafe { set(self.as_raw(), offset, buf.as_ptr().cast(), V::SIZE as u32) };
-        Ok(())
+    /// The features the device negotiated, as a set.
+    pub fn features(&self) -> Features {
+        Features::of(self)
     }
 
     /// Whether the transport gives access to the configuration space at all.

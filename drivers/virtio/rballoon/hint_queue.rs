@@ -18,7 +18,6 @@
 use crate::hint::{self, Action, CmdIds, CMD_ID_STOP};
 use kernel::{
     alloc::flags::GFP_NOWAIT,
-    bindings,
     debugfs::Scope,
     device::Bound,
     new_mutex, new_spinlock,
@@ -214,9 +213,10 @@ impl<'b> Hinting<'b> {
     fn received(&self, ids: &mut CmdIds) -> u32 {
         let changed = self.changed.xchg(false, Full);
         ids.received(changed, || {
-            let offset = core::mem::offset_of!(bindings::virtio_balloon_config, __bindgen_anon_1);
-            // The balloon's configuration is little-endian even on legacy devices.
-            self.dev.config_read_le::<u32>(offset).ok()
+            let config = self.dev.config::<crate::Config>();
+            config
+                .and_then(|c| c.read::<u32, { crate::CFG_HINT_CMD_ID }>())
+                .ok()
         })
     }
 

@@ -12,10 +12,10 @@
 //!
 //! - [`VIRTIO_BALLOON_PFN_SHIFT`] (12), [`VIRTIO_BALLOON_ARRAY_PFNS_MAX`] (256),
 //!   [`PAGES_PER_PAGE`] (`PAGE_SIZE >> 12` of this kernel).
-//! - [`Geometry`]: the guest page size seen from the balloon. [`Geometry::KERNEL`] is this kernel's;
-//!   [`Geometry::new`] takes any page shift so that 16K and 64K page layouts can be tested on a
-//!   4K kernel. `pages_per_page()`, `balloon_pfn(pfn)`, `balloon_pfns(pfn)`, `report_order()`
-//!   (the smallest free block to report: 2 MiB with 64 KiB pages).
+//! - [`Geometry`]: the guest page size seen from the balloon. [`Geometry::KERNEL`] is this
+//!   kernel's; [`Geometry::new`] takes any page shift so that 16K and 64K page layouts can be
+//!   tested on a 4K kernel. `pages_per_page()`, `balloon_pfn(pfn)`, `balloon_pfns(pfn)`,
+//!   `report_order()` (the smallest free block to report: 2 MiB with 64 KiB pages).
 //! - [`PfnBuffer`]: one request worth of `__virtio32` balloon PFNs (at most 256), in the
 //!   device's byte order ([`Endian`]). `push_page(pfn)` appends the `pages_per_page()` PFNs of a
 //!   guest page or returns [`BufferFull`]; `is_full()`, `len()` (in balloon pages),

@@ -42,6 +42,13 @@
 //!   id) from the device's own workqueue, kept until the host says DONE, given back under memory
 //!   pressure by a shrinker, and on removal and freeze (`hint.rs`, `hint_queue.rs`).
 
+// The driver is safe code on top of `kernel::virtio` and `kernel::balloon`: every `unsafe` belongs
+// in those abstractions, where its contract is stated once for every driver. `forbid` makes rustc
+// refuse any unsafe block, fn, impl or trait, `#[no_mangle]`, `#[link_section]` and any
+// `allow(unsafe_code)` in this crate and its modules, in every build. Code that macros of the
+// kernel crate generate (`module_virtio_driver!`, `#[kunit_tests]`) is theirs and not checked.
+#![forbid(unsafe_code)]
+
 use kernel::{
     alloc::flags::GFP_NOWAIT,
     balloon::{
@@ -74,6 +81,18 @@ use hint_queue::{HintVq, Hinting};
 use pfn::{Geometry, PfnBuffer, PAGES_PER_PAGE, VIRTIO_BALLOON_ARRAY_PFNS_MAX};
 use stats::StatsBuffer;
 use target::Step;
+
+/// The balloon's configuration space (read and written through [`virtio::ConfigSpace`], which
+/// checks each field against the structure and against what the device has with its features).
+type Config = bindings::virtio_balloon_config;
+/// The host's target, in 4 KiB balloon pages.
+const CFG_NUM_PAGES: usize = core::mem::offset_of!(Config, num_pages);
+/// The balloon's size as the driver tells it, in 4 KiB balloon pages.
+const CFG_ACTUAL: usize = core::mem::offset_of!(Config, actual);
+/// The free page hinting command id (with `VIRTIO_BALLOON_F_FREE_PAGE_HINT`).
+const CFG_HINT_CMD_ID: usize = core::mem::offset_of!(Config, __bindgen_anon_1);
+/// The value free pages are filled with (with `VIRTIO_BALLOON_F_PAGE_POISON`).
+const CFG_POISON_VAL: usize = core::mem::offset_of!(Config, poison_val);
 
 /// Positions in the queue list, as the C `enum virtio_balloon_vq`.
 const VQ_INFLATE: usize = 0;
@@ -597,9 +616,11 @@ impl Host<'_> {
     /// Tells the host how large the balloon is (the C `update_balloon_size()`).
     fn update_balloon_size(&self) {
         let actual = self.lock.lock().num_pages;
-        let offset = core::mem::offset_of!(bindings::virtio_balloon_config, actual);
-        // The balloon's configuration is little-endian even on legacy devices.
-        if self.dev.config_write_le::<u32>(offset, actual).is_err() {
+        let written = self.dev.config::<Config>();
+        if written
+            .and_then(|c| c.write::<u32, CFG_ACTUAL>(actual))
+            .is_err()
+        {
             dev_warn!(self.dev, "cannot write the balloon size\n");
         }
     }
@@ -607,8 +628,8 @@ impl Host<'_> {
     /// Balloon pages (4 KiB) to inflate (positive) or deflate (negative) to reach the host's
     /// target (the C `towards_target()`).
     fn towards_target(&self) -> i64 {
-        let offset = core::mem::offset_of!(bindings::virtio_balloon_config, num_pages);
-        let Ok(target) = self.dev.config_read_le::<u32>(offset) else {
+        let config = self.dev.config::<Config>();
+        let Ok(target) = config.and_then(|c| c.read::<u32, CFG_NUM_PAGES>()) else {
             return 0;
         };
         let current = self.lock.lock().num_pages;
@@ -827,8 +848,8 @@ fn tell_poison_value(dev: &virtio::Device<Bound>) -> Result {
     } else {
         u32::from_le_bytes([balloon::PAGE_POISON; 4])
     };
-    let offset = core::mem::offset_of!(bindings::virtio_balloon_config, poison_val);
-    dev.config_write_le::<u32>(offset, poison_val)
+    dev.config::<Config>()?
+        .write::<u32, CFG_POISON_VAL>(poison_val)
 }
 
 /// Creates the queues (the C `init_vqs()`), priming the stats queue with one buffer.
@@ -1387,11 +1408,14 @@ kernel::module_virtio_driver! {
     params: {
         migration: bool {
             default: true,
-            description: "Let compaction migrate inflated pages (0: refuse, they stay where they are)",
+            description: "Let compaction migrate inflated pages \
+                (0: refuse, they stay where they are)",
         },
         blocks: bool {
             default: false,
-            description: "Take whole free 2 MiB blocks even while smaller free pages are left: whole host huge pages, fewer guest huge pages after compaction (0, the default: the smallest free pages first, as C)",
+            description: "Take whole free 2 MiB blocks even while smaller free pages are left: \
+                whole host huge pages, fewer guest huge pages after compaction \
+                (0, the default: the smallest free pages first, as C)",
         },
     },
 }

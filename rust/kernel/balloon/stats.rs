@@ -92,7 +92,8 @@ fn node_page_state(item: bindings::node_stat_item) -> u64 {
 fn vm_event_stats() -> Option<VmEventStats> {
     // The same on-stack snapshot of every counter as the C driver takes.
     let mut events = [0 as crate::ffi::c_ulong; bindings::vm_event_item_NR_VM_EVENT_ITEMS as usize];
-    // SAFETY: `events` has room for the `NR_VM_EVENT_ITEMS` counters `bindings::all_vm_events()` writes.
+    // SAFETY: `events` has room for the `NR_VM_EVENT_ITEMS` counters that
+    // `bindings::all_vm_events()` writes.
     unsafe { bindings::all_vm_events(events.as_mut_ptr()) };
     let event = |item: bindings::vm_event_item| events[item as usize] as u64;
 

@@ -64,28 +64,29 @@ use core::{marker::PhantomData, ptr::NonNull};
 #[repr(u32)]
 pub enum MigrateMode {
     /// `MIGRATE_ASYNC`: never block.
-    Async = bindings::migrate_mode_MIGRATE_ASYNC,
+    Async = bindings::migrate_mode::MIGRATE_ASYNC.0,
     /// `MIGRATE_SYNC_LIGHT`: may block on most operations, but not on long writeback.
-    SyncLight = bindings::migrate_mode_MIGRATE_SYNC_LIGHT,
+    SyncLight = bindings::migrate_mode::MIGRATE_SYNC_LIGHT.0,
     /// `MIGRATE_SYNC`: may block.
-    Sync = bindings::migrate_mode_MIGRATE_SYNC,
+    Sync = bindings::migrate_mode::MIGRATE_SYNC.0,
 }
 
 impl MigrateMode {
     /// Converts a C `enum migrate_mode`; `EINVAL` for a value that is not one of its variants.
+    ///
+    /// The binding is a newtype (`rust/bindgen_parameters`) carrying the enum's kCFI encoding, so
+    /// that functions taking it have the type id C gives them.
     pub fn from_raw(mode: bindings::migrate_mode) -> Result<Self> {
-        match mode {
-            bindings::migrate_mode_MIGRATE_ASYNC => Ok(Self::Async),
-            bindings::migrate_mode_MIGRATE_SYNC_LIGHT => Ok(Self::SyncLight),
-            bindings::migrate_mode_MIGRATE_SYNC => Ok(Self::Sync),
+        [Self::Async, Self::SyncLight, Self::Sync]
+            .into_iter()
+            .find(|m| m.as_raw() == mode)
             // Not an enumerator: C passed garbage, there is nothing to map it to.
-            _ => Err(EINVAL),
-        }
+            .ok_or(EINVAL)
     }
 
     /// The C `enum migrate_mode` value.
     pub fn as_raw(self) -> bindings::migrate_mode {
-        self as bindings::migrate_mode
+        bindings::migrate_mode(self as u32)
     }
 
     /// Whether the migration may sleep, e.g. on a mutex.
@@ -202,7 +203,16 @@ page_ref! {
 /// The functions take no `self`: the migration core knows pages, not owners, so an owner finds
 /// itself from the page (the balloon keeps its device in `page->private`). See the module
 /// documentation for the protocol and the rules.
-pub trait MovableOps: 'static {
+///
+/// # Safety
+///
+/// The protocol is memory safety, not only correctness: the migration core relinks
+/// `page->lru` of a page `isolate` gave away (`mm/migrate.c`), so an implementation must
+/// return `true` from [`MovableOps::isolate`] only for a page it has taken off every list of its
+/// own that uses `page->lru`, and must not touch the page's `lru` again until
+/// [`MovableOps::putback`] or a successful [`MovableOps::migrate`] hands it back; on `Ok(())`
+/// from `migrate` it must have stopped using `src` (which the core frees).
+pub unsafe trait MovableOps: 'static {
     /// Takes `page` away from its owner for migration, or returns `false` if it cannot be.
     ///
     /// On `true` the page must be off every list of the owner that uses `page->lru`.
@@ -305,8 +315,10 @@ impl<T: MovableOps> Registration<T> {
     /// no isolation, migration or putback of such a page may be in progress: the migration core
     /// looks the operations up again at each step, and would find none.
     pub unsafe fn new(ty: PageType) -> Result<Self> {
-        // SAFETY: The table is a `'static` constant (promoted) whose callbacks uphold the C
-        // contract of `movable_operations`.
+        // SAFETY: The table is a `'static` constant (promoted). Its callbacks uphold the C
+        // contract of `movable_operations`: the adapters convert the C arguments faithfully, and
+        // `T`'s functions keep the isolation protocol, as `MovableOps` is an `unsafe trait` whose
+        // implementers promise it.
         unsafe { set_movable_ops(&Adapter::<T>::VTABLE, ty) }?;
         // INVARIANT: registered just above.
         Ok(Self {
@@ -366,12 +378,16 @@ mod tests {
         }
         assert!(!MigrateMode::Async.may_block());
         assert!(MigrateMode::SyncLight.may_block());
-        assert_eq!(MigrateMode::from_raw(1000), Err(EINVAL));
+        assert_eq!(
+            MigrateMode::from_raw(bindings::migrate_mode(1000)),
+            Err(EINVAL)
+        );
     }
 
     struct Never;
 
-    impl MovableOps for Never {
+    // SAFETY: `isolate` never gives a page away.
+    unsafe impl MovableOps for Never {
         fn isolate(_page: &CandidatePage<'_>, _mode: IsolateMode) -> bool {
             false
         }

@@ -1,0 +1,341 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Typed, bounded access to a virtio device's configuration space.
+//!
+//! A device type's configuration is a C structure (`struct virtio_balloon_config`, ...) whose tail
+//! exists only with some features negotiated: QEMU's balloon has 8 bytes without
+//! `VIRTIO_BALLOON_F_FREE_PAGE_HINT` and `VIRTIO_BALLOON_F_PAGE_POISON`. Past what the device has,
+//! modern virtio-pci `BUG()`s, and virtio-mmio and legacy virtio-pci read or write past their
+//! mapping. So every access through a [`ConfigSpace`] is checked twice: at compile time against
+//! the structure (the offset is a constant, from `offset_of!`, and must fit the structure and be
+//! aligned for the value), and at run time against the length the device has with the features
+//! negotiated ([`ConfigLayout::len`]).
+//!
+//! Byte order is decided here too, once per device type: a virtio 1.0 device's fields are
+//! little-endian, a legacy device's are in the guest's byte order unless the type says otherwise
+//! (the balloon's are little-endian even then: C's `virtio_cread_le()` against `virtio_cread()`).
+//!
+//! C header: [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h)
+
+use super::{Device, Endian};
+use crate::{bindings, device::Bound, prelude::*};
+use core::marker::PhantomData;
+
+/// The feature bits a device negotiated: a set, read once.
+///
+/// Unlike the C `virtio_has_feature()`, asking for a bit the driver did not offer, or one past the
+/// last feature bit, is not a bug here: the answer is `false`.
+///
+/// # Invariants
+///
+/// `bits` is a copy of the device's `features_array` taken while it was bound (after feature
+/// negotiation, when the array no longer changes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Features {
+    bits: [u64; bindings::VIRTIO_FEATURES_U64S as usize],
+}
+
+impl Features {
+    /// The features of a bound device.
+    pub(super) fn of(dev: &Device<Bound>) -> Self {
+        // SAFETY: By the type invariant of `Device` the device is valid; it is bound, so its
+        // features were negotiated and `features_array` is only read from now on. The anonymous
+        // union holds the same bits as `features` and `features_array`; the array is the whole.
+        let bits = unsafe { (*dev.as_raw()).__bindgen_anon_1.features_array };
+        Self { bits }
+    }
+
+    /// A set made of `bits`, for tests and for layouts that compute lengths.
+    pub const fn from_bits(bits: [u64; bindings::VIRTIO_FEATURES_U64S as usize]) -> Self {
+        Self { bits }
+    }
+
+    /// Whether feature `bit` is in the set (`false` for a bit past the last feature bit).
+    pub const fn contains(&self, bit: u32) -> bool {
+        let word = (bit / 64) as usize;
+        word < self.bits.len() && self.bits[word] & (1u64 << (bit % 64)) != 0
+    }
+}
+
+/// A value in a device's configuration space.
+///
+/// Implemented for `u8`, `u16`, `u32` and `u64`.
+pub trait ConfigValue: Copy + private::Sealed {
+    /// Size in bytes.
+    #[doc(hidden)]
+    const SIZE: usize;
+    /// Decodes from bytes in `order` (the first `SIZE` of `bytes`).
+    #[doc(hidden)]
+    fn decode(bytes: [u8; 8], order: Endian) -> Self;
+    /// Encodes as bytes in `order` (the first `SIZE` of the result).
+    #[doc(hidden)]
+    fn encode(self, order: Endian) -> [u8; 8];
+}
+
+mod private {
+    pub trait Sealed {}
+}
+
+macro_rules! impl_config_value {
+    ($($t:ty),*) => {$(
+        impl private::Sealed for $t {}
+
+        impl ConfigValue for $t {
+            const SIZE: usize = core::mem::size_of::<$t>();
+
+            fn decode(bytes: [u8; 8], order: Endian) -> Self {
+                let mut b = [0u8; core::mem::size_of::<$t>()];
+                b.copy_from_slice(&bytes[..Self::SIZE]);
+                match order {
+                    Endian::Little => <$t>::from_le_bytes(b),
+                    Endian::Big => <$t>::from_be_bytes(b),
+                }
+            }
+
+            fn encode(self, order: Endian) -> [u8; 8] {
+                let mut out = [0u8; 8];
+                let b = match order {
+                    Endian::Little => self.to_le_bytes(),
+                    Endian::Big => self.to_be_bytes(),
+                };
+                out[..Self::SIZE].copy_from_slice(&b);
+                out
+            }
+        }
+    )*};
+}
+
+impl_config_value!(u8, u16, u32, u64);
+
+/// A virtio device type's configuration structure.
+///
+/// # Safety
+///
+/// `Self` is the device type's configuration structure as the virtio specification lays it out
+/// (the `#[repr(C)]` uapi structure), and for every set of negotiated features `len` returns at
+/// most the number of bytes a device that follows the specification exposes with them: accessing
+/// `0..len` cannot reach past the transport's configuration window.
+pub unsafe trait ConfigLayout: Sized {
+    /// Whether the fields are little-endian even on a legacy device (without
+    /// `VIRTIO_F_VERSION_1`); otherwise a legacy device's fields are in the guest's byte order.
+    const ALWAYS_LITTLE_ENDIAN: bool;
+
+    /// How many bytes of `Self` the device has with `features` negotiated.
+    fn len(features: &Features) -> usize;
+}
+
+/// The configuration space of a bound device, typed by its layout `C`.
+///
+/// Made by [`Device::config`]. Every access is bounded (see the [module](self) documentation).
+/// Accesses may sleep (some transports wait for the device, as C's `virtio_cread()` says): not
+/// for [`Driver::config_changed`](super::Driver::config_changed) or
+/// [`Driver::vq_callback`](super::Driver::vq_callback); queue work.
+///
+/// # Invariants
+///
+/// `len <= size_of::<C>()` and `len <= C::len(features)` for the device's negotiated features;
+/// `dev`'s transport has `get` and `set` configuration ops.
+///
+/// # Examples
+///
+/// ```
+/// use core::mem::offset_of;
+/// use kernel::{bindings, device::Bound, prelude::*, virtio};
+///
+/// const NUM_PAGES: usize = offset_of!(bindings::virtio_balloon_config, num_pages);
+///
+/// fn target(dev: &virtio::Device<Bound>) -> Result<u32> {
+///     dev.config::<bindings::virtio_balloon_config>()?.read::<u32, NUM_PAGES>()
+/// }
+/// ```
+///
+/// An offset past the structure (`read::<u32, 16>()` here), or one not aligned for the value
+/// (`read::<u32, 2>()`), does not compile: "configuration field outside the layout, or
+/// misaligned".
+pub struct ConfigSpace<'a, C: ConfigLayout> {
+    dev: &'a Device<Bound>,
+    len: usize,
+    order: Endian,
+    _layout: PhantomData<C>,
+}
+
+impl<'a, C: ConfigLayout> ConfigSpace<'a, C> {
+    /// The configuration space of `dev`; [`EINVAL`] if its transport gives no access to it.
+    pub(super) fn new(dev: &'a Device<Bound>) -> Result<Self> {
+        let ops = dev.config_ops();
+        if ops.get.is_none() || ops.set.is_none() {
+            return Err(EINVAL);
+        }
+        let len = C::len(&Features::of(dev)).min(core::mem::size_of::<C>());
+        let order = if C::ALWAYS_LITTLE_ENDIAN {
+            Endian::Little
+        } else {
+            dev.endian()
+        };
+        // INVARIANT: `len` is bounded by both; `get` and `set` were checked above.
+        Ok(Self {
+            dev,
+            len,
+            order,
+            _layout: PhantomData,
+        })
+    }
+
+    /// How many bytes of the structure the device has with its features.
+    pub fn bytes(&self) -> usize {
+        self.len
+    }
+
+    /// Checks at compile time that a `V` at `OFFSET` lies inside `C` and is aligned, and at run
+    /// time that the device has it; returns the offset for the transport.
+    fn place<V: ConfigValue, const OFFSET: usize>(&self) -> Result<u32> {
+        const {
+            assert!(
+                OFFSET % V::SIZE == 0 && OFFSET + V::SIZE <= core::mem::size_of::<C>(),
+                "configuration field outside the layout, or misaligned"
+            )
+        };
+        if OFFSET + V::SIZE > self.len {
+            return Err(ENOENT);
+        }
+        u32::try_from(OFFSET).map_err(|_| EINVAL)
+    }
+
+    /// Reads the `V` at `OFFSET`, e.g. `offset_of!(virtio_balloon_config, num_pages)`.
+    ///
+    /// Returns [`ENOENT`] when the device does not have it with the features negotiated (as C's
+    /// `virtio_cread_feature()`). 64-bit values are read again until the configuration
+    /// generation is stable, as the C code does.
+    pub fn read<V: ConfigValue, const OFFSET: usize>(&self) -> Result<V> {
+        let offset = self.place::<V, OFFSET>()?;
+        crate::task::might_sleep();
+        let ops = self.dev.config_ops();
+        // By the type invariant the transport has `get`.
+        let get = ops.get.ok_or(EINVAL)?;
+        let generation = || {
+            // SAFETY: Transport ops are called with their own, valid, device.
+            ops.generation
+                .map_or(0, |g| unsafe { g(self.dev.as_raw()) })
+        };
+        let mut buf = [0u8; 8];
+        loop {
+            let before = generation();
+            // SAFETY: `buf` is valid for `V::SIZE <= 8` bytes of writes. `offset + V::SIZE` is
+            // within `self.len` (checked by `place`), which by the type invariant the device has
+            // with its features, so the transport stays inside its configuration window. The
+            // device is bound, so its transport is alive.
+            unsafe {
+                get(
+                    self.dev.as_raw(),
+                    offset,
+                    buf.as_mut_ptr().cast(),
+                    V::SIZE as u32,
+                )
+            };
+            // Values up to 32 bits are read atomically by the transports.
+            if V::SIZE <= 4 || generation() == before {
+                break;
+            }
+        }
+        Ok(V::decode(buf, self.order))
+    }
+
+    /// Writes `value` as the `V` at `OFFSET`.
+    ///
+    /// Returns [`ENOENT`] when the device does not have it with the features negotiated.
+    pub fn write<V: ConfigValue, const OFFSET: usize>(&self, value: V) -> Result {
+        let offset = self.place::<V, OFFSET>()?;
+        crate::task::might_sleep();
+        // By the type invariant the transport has `set`.
+        let set = self.dev.config_ops().set.ok_or(EINVAL)?;
+        let buf = value.encode(self.order);
+        // SAFETY: `buf` is valid for `V::SIZE <= 8` bytes of reads; the access is inside what the
+        // device has, as in `read`; the device is bound, so its transport is alive.
+        unsafe {
+            set(
+                self.dev.as_raw(),
+                offset,
+                buf.as_ptr().cast(),
+                V::SIZE as u32,
+            )
+        };
+        Ok(())
+    }
+}
+
+// SAFETY: `struct virtio_balloon_config` is the balloon's configuration as the specification
+// (5.5.4) lays it out: `num_pages` and `actual` always, `free_page_hint_cmd_id` (bytes 8-11) only
+// with VIRTIO_BALLOON_F_FREE_PAGE_HINT, `poison_val` (12-15) only with
+// VIRTIO_BALLOON_F_PAGE_POISON; a device with the later field has the earlier bytes too (QEMU's
+// `virtio_balloon_config_size()` is exactly this). Its fields are little-endian on every device
+// (the spec's legacy interface section; C reads them with `virtio_cread_le()`).
+unsafe impl ConfigLayout for bindings::virtio_balloon_config {
+    const ALWAYS_LITTLE_ENDIAN: bool = true;
+
+    fn len(features: &Features) -> usize {
+        if features.contains(bindings::VIRTIO_BALLOON_F_PAGE_POISON) {
+            core::mem::offset_of!(Self, poison_val) + 4
+        } else if features.contains(bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT) {
+            core::mem::offset_of!(Self, poison_val)
+        } else {
+            core::mem::offset_of!(Self, __bindgen_anon_1)
+        }
+    }
+}
+
+#[macros::kunit_tests(rust_kernel_virtio_config)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_encoded_in_the_order_asked_for() {
+        assert_eq!(0x1234u16.encode(Endian::Little)[..2], [0x34, 0x12]);
+        assert_eq!(0x1234u16.encode(Endian::Big)[..2], [0x12, 0x34]);
+        assert_eq!(
+            0x1234_5678u32.encode(Endian::Little)[..4],
+            [0x78, 0x56, 0x34, 0x12]
+        );
+        assert_eq!(
+            0x1234_5678u32.encode(Endian::Big)[..4],
+            [0x12, 0x34, 0x56, 0x78]
+        );
+        let v = 0x0102_0304_0506_0708u64;
+        assert_eq!(u64::decode(v.encode(Endian::Little), Endian::Little), v);
+        assert_eq!(u64::decode(v.encode(Endian::Big), Endian::Big), v);
+        assert_eq!(u8::decode([0xab, 1, 2, 3, 4, 5, 6, 7], Endian::Big), 0xab);
+        assert_eq!(
+            u32::decode([1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff], Endian::Little),
+            1
+        );
+        assert_eq!(
+            u32::decode([0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff], Endian::Big),
+            1
+        );
+    }
+
+    #[test]
+    fn feature_sets_answer_false_past_the_last_bit() {
+        let f = Features::from_bits([1 << 3, 1 << 1]);
+        assert!(f.contains(3) && f.contains(65));
+        assert!(!f.contains(4) && !f.contains(64));
+        assert!(!f.contains(128) && !f.contains(u32::MAX));
+    }
+
+    #[test]
+    fn the_balloon_config_is_as_long_as_its_features_make_it() {
+        type Cfg = bindings::virtio_balloon_config;
+        let with = |bits: &[u32]| {
+            let mut words = [0u64; bindings::VIRTIO_FEATURES_U64S as usize];
+            for &b in bits {
+                words[(b / 64) as usize] |= 1 << (b % 64);
+            }
+            Cfg::len(&Features::from_bits(words))
+        };
+        // QEMU's virtio_balloon_config_size(): 8, 12 with hinting, 16 with page poison.
+        assert_eq!(with(&[]), 8);
+        assert_eq!(with(&[bindings::VIRTIO_BALLOON_F_STATS_VQ]), 8);
+        assert_eq!(with(&[bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT]), 12);
+        assert_eq!(with(&[bindings::VIRTIO_BALLOON_F_PAGE_POISON]), 16);
+        assert_eq!(core::mem::size_of::<Cfg>(), 16);
+    }
+}

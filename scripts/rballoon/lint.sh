@@ -6,7 +6,10 @@
 #    flags different lines of them (1.85's undocumented_unsafe_blocks wants a comment where
 #    newer ones do not), so their warnings are counted and shown, never failed on;
 #  - rustdoc: the kernel crate's documentation builds without warnings;
-#  - the driver has no unsafe code: `unsafe` belongs in the abstractions (comments may say it).
+#  - the driver has no unsafe code: `unsafe` belongs in the abstractions. rustc enforces it
+#    (`#![forbid(unsafe_code)]`, checked to be there below);
+#  - the series as `make patches` writes it: patches/ numbered in series order, the kernel's
+#    checkpatch.pl --strict, a MAINTAINERS entry for every new file (checkpatch.sh).
 # Clippy and rustdoc build in their own output directory ($RB_OUT/lint), configured like the guest,
 # so the guest build is not rebuilt each time.
 . "$(dirname "$0")/common.sh"
@@ -62,23 +65,35 @@ check_clippy() { # <what> <make args>...
 	fi
 	[ "$theirs" = 0 ] || rb_log "$what: warnings in $theirs upstream file(s), not ours (see $log)"
 }
-# No unsafe code in the driver, whatever the stamp says (comments and doc comments excepted).
-unsafe_in_driver() {
-	local f hits
-	for f in "$RB_REPO"/drivers/virtio/rballoon/*.rs; do
-		hits=$(sed 's|//.*$||' "$f" | grep -nw unsafe || true)
-		[ -z "$hits" ] || sed "s|^|${f#"$RB_REPO"/}:|" <<< "$hits"
+# No unsafe code in the driver. rustc refuses it wherever the driver is built (the guest kernel this
+# lint depends on, clippy below, KUnit), naming file and line: each crate root of the driver says
+# `#![forbid(unsafe_code)]`, which no `allow` further in can lift; comments, doc comments and
+# strings are not code to rustc. Checked here whatever the stamp says: the attribute is there, and
+# every other .rs file is a module of a crate (one no crate compiles would be checked by nothing).
+forbid_unsafe_in_driver() {
+	local dir=$RB_REPO/drivers/virtio/rballoon f stem bad=0
+	for f in "$dir"/*.rs; do
+		stem=$(basename "$f" .rs)
+		if grep -Eq "^obj-[^+]*\+= *(.* )?$stem\.o( |\$)" "$dir/Makefile"; then
+			grep -qxF '#![forbid(unsafe_code)]' "$f" ||
+				{ echo "${f#"$RB_REPO"/}: the crate root lacks #![forbid(unsafe_code)]"; bad=1; }
+		elif ! grep -Eq "^ *(pub(\([a-z]+\))? )?mod $stem;" "$dir"/*.rs; then
+			echo "${f#"$RB_REPO"/}: a module of no crate of the driver, so nothing compiles it"
+			bad=1
+		fi
 	done
+	return $bad
 }
-if hits=$(unsafe_in_driver) && [ -n "$hits" ]; then
-	echo "$hits"
-	rb_die "lint: unsafe code in the driver (it belongs in rust/kernel/)"
-fi
-rb_log "lint: no unsafe code in drivers/virtio/rballoon/"
+forbid_unsafe_in_driver ||
+	rb_die "lint: the driver's unsafe code is not forbidden (it belongs in rust/kernel/)"
+rb_log "lint: drivers/virtio/rballoon/ forbids unsafe code"
+"$RB_REPO/scripts/rballoon/checkpatch.sh" numbering || rb_die "lint: rename the patches as above"
 
 # A clean result is remembered for the exact tree and config it was for: a warm `make test` with
 # nothing changed does not redo minutes of rustdoc and clippy.
-stamp=$(cat <(git -C "$RB_SRC" rev-parse HEAD) "$guest/.config" "$0" | sha256sum | cut -d' ' -f1)
+stamp=$(cat <(git -C "$RB_SRC" rev-parse HEAD) "$guest/.config" "$0" \
+	"$RB_REPO"/scripts/rballoon/{checkpatch,export-patches}.sh \
+	"$RB_REPO/patches/msg/cover-letter.txt" | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$out/.lint-clean" 2>/dev/null)" = "$stamp" ]; then
 	rb_log "lint: clean for this tree already ($(git -C "$RB_SRC" log --oneline -1 | cut -c1-60))"
 	exit 0
@@ -87,5 +102,7 @@ fi
 check rustfmt "rustfmt check" rustfmtcheck
 check_clippy "clippy (kernel crate, Rust balloon core and driver)" CLIPPY=1 prepare mm/balloon_rust.o drivers/virtio/
 check rustdoc "rustdoc" rustdoc
+rb_step "checkpatch --strict and MAINTAINERS (the series as make patches writes it)" \
+	"$RB_REPO/scripts/rballoon/checkpatch.sh" || fail=1
 [ "$fail" = 0 ] && echo "$stamp" > "$out/.lint-clean"
 exit $fail

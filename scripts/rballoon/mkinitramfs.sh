@@ -6,10 +6,15 @@
 #
 # The archive is written by the kernel's own usr/gen_init_cpio from a list, so /dev/console exists
 # without mknod and the file is reproducible.
+#
+# RBALLOON_ARCH=aarch64 (scripts/rballoon/guest-arch.sh): for the arm64 guest in
+# $RB_OUT/<flavour>-arm64/, with Debian's arm64 busybox (fetch-busybox-arm64.sh) and the helpers
+# cross-compiled.
 . "$(dirname "$0")/common.sh"
+. "$(dirname "$0")/guest-arch.sh"
 
 flavour=${1:-guest}
-out=$RB_OUT/$flavour
+out=$(rb_guest_dir "$flavour")
 guest=$RB_REPO/tools/testing/rballoon/guest
 ls "$out"/modules-install/lib/modules/*/modules.dep >/dev/null 2>&1 ||
 	rb_die "no modules in $out/modules-install: build the $flavour kernel first"
@@ -17,14 +22,15 @@ ls "$out"/modules-install/lib/modules/*/modules.dep >/dev/null 2>&1 ||
 stage=$out/initramfs.d
 rm -rf "$stage"
 mkdir -p "$stage"/{bin,usr/bin,lib}
-cp "$RB_ROOT/bin/busybox" "$stage/bin/busybox"
+[ -x "$RB_BUSYBOX" ] || rb_die "no busybox for $RB_GUEST_ARCH at $RB_BUSYBOX (scripts/rballoon/fetch-busybox-arm64.sh)"
+cp "$RB_BUSYBOX" "$stage/bin/busybox"
 cp "$guest/init" "$stage/init"
 cp -a "$out"/modules-install/lib/modules "$stage/lib/"
 
-# Guest helpers: static, built with the root's clang.
+# Guest helpers: static, built with the root's clang (for the guest's architecture).
 for src in "$guest"/*.c; do
 	[ -e "$src" ] || continue
-	"$RB_REPO/scripts/rballoon/in-root.sh" clang -O2 -static -Wall -Werror -o "$stage/usr/bin/$(basename "$src" .c)" "$src"
+	"$RB_REPO/scripts/rballoon/in-root.sh" clang "${RB_CC_TARGET[@]}" -O2 -static -Wall -Werror -o "$stage/usr/bin/$(basename "$src" .c)" "$src"
 done
 
 list=$out/initramfs.list

@@ -6,11 +6,15 @@
 # guest: tinyconfig + kernel/configs/rballoon-guest.config
 # debug: the same + kernel/configs/rballoon-debug.config (lockdep, KASAN, DEBUG_VM, ...)
 # Output: $RB_OUT/<flavour>/ (bzImage, modules installed under modules-install/).
+# RBALLOON_ARCH=aarch64 (scripts/rballoon/guest-arch.sh): the arm64 tinyconfig, the arm64 fragment
+# after the guest one, ARCH=arm64; output $RB_OUT/<flavour>-arm64/ (Image).
 . "$(dirname "$0")/common.sh"
+. "$(dirname "$0")/guest-arch.sh"
 
 flavour=${1:-guest}
-out=$RB_OUT/$flavour
+out=$(rb_guest_dir "$flavour")
 frags=("$RB_SRC/kernel/configs/rballoon-guest.config")
+[ -n "$RB_ARCH_FRAG" ] && frags+=("$RB_SRC/$RB_ARCH_FRAG")
 [ "$flavour" = debug ] && frags+=("$RB_SRC/kernel/configs/rballoon-debug.config")
 mkdir -p "$out"
 # One tree, one build at a time: the machine has two cores, and assembling the tree under a running
@@ -18,7 +22,7 @@ mkdir -p "$out"
 exec 9> "$RB_CACHE/build.lock"
 flock -n 9 || { rb_log "waiting for another build to finish"; flock 9; }
 RB_TREE_LOCKED=1 "$RB_REPO/scripts/rballoon/mktree.sh"
-K=(make -C "$RB_SRC" O="$out" LLVM=1 -j"$(nproc)" -s)
+K=(make -C "$RB_SRC" O="$out" "${RB_KMAKE_ARCH[@]}" LLVM=1 -j"$(nproc)" -s)
 
 # Every symbol a fragment sets must end up in .config with that value, or the build is not what the
 # fragment claims; say which ones did not stick.
@@ -53,7 +57,7 @@ if [ ! -f "$out/.config" ] || [ "$(cat "$out/.rballoon-config" 2>/dev/null)" != 
 	echo "$stamp" > "$out/.rballoon-config"
 fi
 build() {
-	"$RB_REPO/scripts/rballoon/in-root.sh" "${K[@]}" bzImage modules &&
+	"$RB_REPO/scripts/rballoon/in-root.sh" "${K[@]}" "$RB_KIMAGE" modules &&
 	rm -rf "$out/modules-install" &&
 	"$RB_REPO/scripts/rballoon/in-root.sh" "${K[@]}" INSTALL_MOD_PATH="$out/modules-install" INSTALL_MOD_STRIP=1 \
 		modules_install >/dev/null

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Where things are and what the VM looks like; the one place the QEMU command line is built.
 
+use crate::arch::Arch;
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::env;
@@ -19,6 +20,8 @@ pub struct Paths {
     pub rust: String,
     /// The repository root: `RBALLOON_REPO`, or three levels above this crate.
     pub repo: PathBuf,
+    /// `RBALLOON_ARCH`, default x86_64: which architecture's guest to boot.
+    pub arch: Arch,
 }
 
 impl Paths {
@@ -40,6 +43,7 @@ impl Paths {
             flavour,
             rust,
             repo,
+            arch: Arch::from_env(),
         }
     }
 
@@ -59,18 +63,21 @@ impl Paths {
         }
     }
 
-    /// The flavour's build directory, under the toolchain's (scripts/rballoon/common.sh).
+    /// The flavour's build directory for the architecture, under the toolchain's
+    /// (scripts/rballoon/common.sh, guest-arch.sh).
     pub fn build_dir(&self) -> PathBuf {
         let builds = match self.rust.as_str() {
             "min" => "build".to_string(),
             other => format!("build-{other}"),
         };
-        self.cache.join(builds).join(&self.flavour)
+        self.cache
+            .join(builds)
+            .join(format!("{}{}", self.flavour, self.arch.build_suffix()))
     }
 
     /// The guest kernel.
     pub fn kernel(&self) -> PathBuf {
-        self.build_dir().join("arch/x86/boot/bzImage")
+        self.build_dir().join(self.arch.kernel_image())
     }
 
     /// The guest initramfs.
@@ -90,12 +97,20 @@ impl Paths {
 
     /// Fail with a message saying how to get them if the kernel or initramfs is missing.
     pub fn check_guest(&self) -> Result<()> {
+        // The build scripts read the same variable (scripts/rballoon/guest-arch.sh).
+        let (env, vars) = match self.arch {
+            Arch::X86_64 => ("", "RBALLOON_CACHE/RBALLOON_FLAVOUR/RBALLOON_RUST"),
+            Arch::Aarch64 => (
+                "RBALLOON_ARCH=aarch64 ",
+                "RBALLOON_CACHE/RBALLOON_FLAVOUR/RBALLOON_RUST/RBALLOON_ARCH",
+            ),
+        };
         for (what, p) in [("kernel", self.kernel()), ("initramfs", self.initrd())] {
             if !p.is_file() {
                 return Err(Error::other(format!(
                     "guest {what} {} does not exist: build it first \
-                     (scripts/rballoon/mkkernel.sh {f} && scripts/rballoon/mkinitramfs.sh {f}), \
-                     or point RBALLOON_CACHE/RBALLOON_FLAVOUR/RBALLOON_RUST at a build",
+                     ({env}scripts/rballoon/mkkernel.sh {f} && {env}scripts/rballoon/mkinitramfs.sh {f}), \
+                     or point {vars} at a build",
                     p.display(),
                     f = self.flavour
                 )));
@@ -114,9 +129,10 @@ impl Paths {
 /// How the virtio devices are attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Transport {
-    /// virtio-pci on the `pc` machine.
+    /// virtio-pci on the `pc` machine (`virt`'s PCIe on aarch64).
     Pci,
-    /// virtio-mmio on `microvm` (devices announced on the kernel command line by QEMU).
+    /// virtio-mmio on `microvm` (devices announced on the kernel command line by QEMU; `virt`'s
+    /// virtio-mmio slots on aarch64).
     Mmio,
 }
 
@@ -293,10 +309,16 @@ impl VmConfig {
     /// it with, from throwing it out after a stall. A guest on KVM keeps the host's time anyway
     /// (kvm-clock), and so sees any stall of its VMM.
     ///
+    /// The TSC options are x86's: an aarch64 guest is left as it is. It keeps time by the generic
+    /// timer, which QEMU drives from its virtual clock; how that guest sees a stall has not been
+    /// measured (`tests/host_stall.rs` is not part of its smoke test).
+    ///
     /// [`Vm::stall_host`]: crate::Vm::stall_host
     pub fn follow_host_clock(&mut self) {
         #[cfg(target_arch = "x86_64")]
-        self.append_arg(&format!("tsc_early_khz={} tsc=reliable", host_tsc_khz()));
+        if self.paths.arch == Arch::X86_64 {
+            self.append_arg(&format!("tsc_early_khz={} tsc=reliable", host_tsc_khz()));
+        }
     }
 
     /// Add `arg` to the kernel command line.
@@ -338,6 +360,17 @@ impl VmConfig {
             dev.push_str(e);
         }
         Some(dev)
+    }
+
+    /// What this harness cannot build for the guest's architecture, if anything: the hot-plug
+    /// bridge is set up for the `pc` machine's ACPI, which `virt` does not have.
+    pub fn unsupported(&self) -> Option<String> {
+        (self.hotplug && self.paths.arch != Arch::X86_64).then(|| {
+            format!(
+                "VM {}: the hot-plug bridge (VmConfig::hotplug) is x86_64 only, not {}",
+                self.name, self.paths.arch
+            )
+        })
     }
 
     /// Whether the balloon sits on the hot-plug bridge ([`VmConfig::hotplug`], PCI only).
@@ -383,22 +416,18 @@ impl VmConfig {
             "none",
             "-no-reboot",
         ]);
-        push(&["-accel", self.accel.name(), "-cpu", "max"]);
+        let arch = self.paths.arch;
+        push(&["-accel", self.accel.name(), "-cpu", arch.cpu()]);
         push(&[
             "-smp",
             &self.smp.to_string(),
             "-m",
             &self.mem_mib.to_string(),
         ]);
-        match self.transport {
-            Transport::Pci => push(&["-M", "pc"]),
-            // tinyconfig has no ACPI; without it QEMU announces the virtio-mmio devices on the
-            // kernel command line (virtio_mmio.device=...).
-            Transport::Mmio => push(&["-M", "microvm,acpi=off"]),
-        }
+        push(&["-M", arch.machine(self.transport)]);
         push(&["-kernel", &self.paths.kernel().display().to_string()]);
         push(&["-initrd", &self.paths.initrd().display().to_string()]);
-        let mut cmdline = "console=ttyS0 panic=-1".to_string();
+        let mut cmdline = format!("console={} panic=-1", arch.console());
         if !self.append.is_empty() {
             cmdline.push(' ');
             cmdline.push_str(&self.append);
@@ -500,5 +529,62 @@ mod tests {
             serde_json::json!({"deflate-on-oom": true, "free-page-reporting": true,
                                "free-page-hint": false, "bus": "rbbridge", "addr": "0x1"})
         );
+    }
+
+    /// The one argument after `flag` in `args`.
+    fn arg_after<'a>(args: &'a [String], flag: &str) -> &'a str {
+        let i = args.iter().position(|a| a == flag).expect(flag);
+        &args[i + 1]
+    }
+
+    #[test]
+    fn each_architecture_gets_its_machine_console_and_kernel() {
+        let rundir = Path::new("/r");
+        for (arch, pci, mmio, console, kernel) in [
+            (
+                Arch::X86_64,
+                "pc",
+                "microvm,acpi=off",
+                "console=ttyS0 ",
+                "build/guest/arch/x86/boot/bzImage",
+            ),
+            (
+                Arch::Aarch64,
+                "virt",
+                "virt",
+                "console=ttyAMA0 ",
+                "build/guest-arm64/arch/arm64/boot/Image",
+            ),
+        ] {
+            let mut cfg = VmConfig::new("t");
+            cfg.paths.arch = arch;
+            cfg.paths.cache = "/c".into();
+            cfg.paths.rust = "min".into();
+            cfg.paths.flavour = "guest".into();
+            let args = cfg.qemu_args(rundir);
+            assert_eq!(arg_after(&args, "-M"), pci, "{arch}");
+            assert!(arg_after(&args, "-append").starts_with(console), "{arch}");
+            assert_eq!(arg_after(&args, "-kernel"), format!("/c/{kernel}"));
+            assert!(
+                args.iter().any(|a| a.starts_with("virtio-balloon-pci,")),
+                "{arch}"
+            );
+            let args = cfg.clone().transport(Transport::Mmio).qemu_args(rundir);
+            assert_eq!(arg_after(&args, "-M"), mmio, "{arch}");
+            assert!(
+                args.iter().any(|a| a.starts_with("virtio-balloon-device,")),
+                "{arch}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hotplug_bridge_is_x86_only() {
+        let mut cfg = VmConfig::new("t");
+        cfg.hotplug = true;
+        cfg.paths.arch = Arch::X86_64;
+        assert_eq!(cfg.unsupported(), None);
+        cfg.paths.arch = Arch::Aarch64;
+        assert!(cfg.unsupported().is_some_and(|m| m.contains("x86_64 only")));
     }
 }

@@ -15,6 +15,7 @@
 //! # Ok::<(), rballoon_harness::Error>(())
 //! ```
 
+pub mod arch;
 pub mod bench;
 pub mod bench_plot;
 pub mod bench_report;
@@ -33,6 +34,7 @@ pub mod scenario;
 pub mod splat;
 pub mod vm;
 
+pub use arch::Arch;
 pub use config::{Accel, BalloonProps, Paths, Serial, Transport, VmConfig};
 pub use driver::Driver;
 pub use error::{Context, Error, ErrorKind, Result};

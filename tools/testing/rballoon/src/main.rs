@@ -5,7 +5,7 @@ use rballoon_harness::bench::{self, BenchOpts, Workload};
 use rballoon_harness::config::{Paths, Serial};
 use rballoon_harness::console::Console;
 use rballoon_harness::scenario::{self, Step};
-use rballoon_harness::{Driver, Error, QemuProcess, Result, Transport, Vm, VmConfig};
+use rballoon_harness::{Arch, Driver, Error, QemuProcess, Result, Transport, Vm, VmConfig};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -214,7 +214,10 @@ fn demo(o: Opts) -> Result<bool> {
         "rballoon demo: {d} driver, {} transport, {mem} MiB guest, accel {}",
         match o.transport {
             Transport::Pci => "PCI",
-            Transport::Mmio => "MMIO (microvm)",
+            Transport::Mmio => match cfg.paths.arch {
+                Arch::X86_64 => "MMIO (microvm)",
+                Arch::Aarch64 => "MMIO (virt)",
+            },
         },
         cfg.accel.name()
     );

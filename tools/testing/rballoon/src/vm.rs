@@ -57,12 +57,13 @@ impl QemuProcess {
         }
         fs::create_dir_all(&rundir).context(format!("creating {}", rundir.display()))?;
         let args = cfg.qemu_args(&rundir);
+        let qemu = cfg.paths.arch.qemu();
         fs::write(
             rundir.join("qemu.cmdline"),
-            format!("qemu-system-x86_64 {}\n", shell_words(&args)),
+            format!("{qemu} {}\n", shell_words(&args)),
         )?;
         let mut cmd = Command::new(cfg.paths.in_root());
-        cmd.arg("qemu-system-x86_64")
+        cmd.arg(qemu)
             .args(&args)
             .env("ACCEL", cfg.accel.name())
             // in-root.sh enters this directory inside the root; the caller's cwd may not exist there.
@@ -291,6 +292,9 @@ impl Vm {
     /// Start QEMU and wait until the guest shell answers (bounded by `cfg.boot_timeout`).
     pub fn boot(cfg: VmConfig) -> Result<Vm> {
         cfg.paths.check_guest()?;
+        if let Some(why) = cfg.unsupported() {
+            return Err(Error::other(why));
+        }
         let t0 = Instant::now();
         let deadline = t0 + cfg.boot_timeout;
         let mut proc = QemuProcess::spawn(&cfg)?;

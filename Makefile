@@ -6,8 +6,9 @@
 #   make bench   the C balloon driver against ours, side by side (ROUNDS=5, BENCH_MEM=4096,
 #                WORKLOADS=1,3,4,5; BENCH=short or make bench-short: 1 round, 2 GiB) -> out/bench/
 #   make stress  the stress and fault suite for both drivers (STRESS_SECONDS, FLAVOUR=debug)
-#   make matrix  the KUnit suites on other architectures under QEMU: arm64 with 4 KiB and 64 KiB
-#                pages (LEGS=arm64-4k picks some); not part of make test
+#   make matrix  other architectures under QEMU: the KUnit suites on arm64 (4 KiB and 64 KiB
+#                pages) and s390x (big-endian, RUST=latest), the harness smoke test on an arm64
+#                guest (LEGS=arm64-4k picks some); not part of make test
 #
 # RUST=min (default) builds with trixie's Rust, the kernel's minimum; RUST=latest with the newest
 # trixie-backports serves, in a toolchain root and build directories of its own.
@@ -36,7 +37,7 @@ HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
 all: guest harness
 
 help:
-	@sed -n '3,15p' Makefile
+	@sed -n '3,16p' Makefile
 
 root:
 	@$(S)/mkroot.sh

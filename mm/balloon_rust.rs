@@ -337,11 +337,11 @@ pub unsafe extern "C" fn balloon_page_dequeue(
 #[cfg(CONFIG_BALLOON_MIGRATION)]
 struct BalloonMops;
 
+#[cfg(CONFIG_BALLOON_MIGRATION)]
 // SAFETY: `isolate` takes a page off its balloon's list (the only list of the core's that uses
 // `page->lru`) under the balloon lock before returning `true`, and the page is put on a list
 // again only in `putback`; `migrate` returns `Ok(())` once the balloon has let go of `src` (the
 // old page is off every list and its owner pointer cleared), as `balloon_page_migrate()` does.
-#[cfg(CONFIG_BALLOON_MIGRATION)]
 unsafe impl MovableOps for BalloonMops {
     fn isolate(page: &CandidatePage<'_>, _mode: IsolateMode) -> bool {
         let lock = balloon_lock().lock();

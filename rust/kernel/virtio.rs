@@ -952,10 +952,13 @@ impl Device<device::Bound> {
             &*crate::container_of!(driver, bindings::virtio_driver, driver)
         };
         let listed = |table: *const u32, len: u32| {
+            if table.is_null() {
+                return false;
+            }
             // SAFETY: A virtio driver's feature tables are NULL or `len` entries long and static
             // (for a Rust driver, `Driver::FEATURES` and `FEATURES_LEGACY`).
-            !table.is_null()
-                && unsafe { core::slice::from_raw_parts(table, len as usize) }.contains(&bit)
+            let table = unsafe { core::slice::from_raw_parts(table, len as usize) };
+            table.contains(&bit)
         };
         listed(drv.feature_table, drv.feature_table_size)
             || listed(drv.feature_table_legacy, drv.feature_table_size_legacy)

@@ -126,7 +126,8 @@ pub unsafe trait ConfigLayout: Sized {
 
 /// The configuration space of a bound device, typed by its layout `C`.
 ///
-/// Made by [`Device::config`]. Every access is bounded (see the [module](self) documentation).
+/// Made by [`Device::config`]. Every access is bounded: at compile time by the layout, at run time
+/// by what the device has with its features.
 /// Accesses may sleep (some transports wait for the device, as C's `virtio_cread()` says): not
 /// for [`Driver::config_changed`](super::Driver::config_changed) or
 /// [`Driver::vq_callback`](super::Driver::vq_callback); queue work.
@@ -212,10 +213,10 @@ impl<'a, C: ConfigLayout> ConfigSpace<'a, C> {
         let ops = self.dev.config_ops();
         // By the type invariant the transport has `get`.
         let get = ops.get.ok_or(EINVAL)?;
-        let generation = || {
+        let generation = || match ops.generation {
             // SAFETY: Transport ops are called with their own, valid, device.
-            ops.generation
-                .map_or(0, |g| unsafe { g(self.dev.as_raw()) })
+            Some(g) => unsafe { g(self.dev.as_raw()) },
+            None => 0,
         };
         let mut buf = [0u8; 8];
         loop {

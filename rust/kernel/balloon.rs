@@ -14,11 +14,14 @@
 //!
 //! - [`BalloonDevInfo<T>`]: pinned owner of a `struct balloon_dev_info` and of the driver data `T`
 //!   (reachable through `Deref`). `T` implements [`BalloonMigrate`], the migration callback.
-//!   - [`BalloonDevInfo::new`]`(adjust_managed_page_count, data)` -> `impl PinInit<Self, E>`;
+//!   - [`BalloonDevInfo::new`]`(binding, adjust_managed_page_count, data)` ->
+//!     `impl PinInit<Self, Error>`, for `T:` the [`Binding`]'s span: at its end every callback is
+//!     torn down and leftover pages freed, even if the `BalloonDevInfo` was leaked;
 //!     [`BalloonDevInfo::set_adjust_managed_page_count`] while the balloon is empty.
 //!   - [`BalloonDevInfo::alloc_page`] -> `Option<`[`BalloonPage`]`>` (`balloon_page_alloc()`).
-//!   - [`BalloonDevInfo::enqueue`]`(page) -> pfn` and [`BalloonDevInfo::enqueue_many`]`(pages)`
-//!     (`balloon_page_list_enqueue()`): the page is in the balloon.
+//!   - [`BalloonDevInfo::enqueue`]`(page) -> Result<pfn>` and
+//!     [`BalloonDevInfo::enqueue_many`]`(pages)` (`balloon_page_list_enqueue()`): the page is in
+//!     the balloon (`ENODEV`/none taken once the binding has ended).
 //!   - [`BalloonDevInfo::dequeue`] -> `Option<`[`DeflatedPage`]`>` and
 //!     [`BalloonDevInfo::dequeue_many`]`(n, f)`; `None`/fewer pages when the list is empty or
 //!     its pages are isolated for migration (never the C `BUG()`).
@@ -67,25 +70,30 @@
 //!     }
 //! }
 //!
-//! let balloon = KBox::pin_init(BalloonDevInfo::new(false, Host), GFP_KERNEL)?;
-//! if let Some(page) = balloon.alloc_page() {
-//!     let pfn = balloon.enqueue(page);
-//!     // ... tell the host about `pfn` ...
-//!     assert_eq!(balloon.pages(), 1);
-//!     if let Some(page) = balloon.dequeue() {
-//!         // ... tell the host about `page.pfn()` ...
-//!         page.release();
+//! // A driver gets its binding from the bus (`virtio::Driver::probe`); a scope stands in here.
+//! kernel::binding::scope(|binding| -> Result {
+//!     let balloon = KBox::pin_init(BalloonDevInfo::new(binding, false, Host), GFP_KERNEL)?;
+//!     if let Some(page) = balloon.alloc_page() {
+//!         let pfn = balloon.enqueue(page)?;
+//!         // ... tell the host about `pfn` ...
+//!         assert_eq!(balloon.pages(), 1);
+//!         if let Some(page) = balloon.dequeue() {
+//!             // ... tell the host about `page.pfn()` ...
+//!             page.release();
+//!         }
 //!     }
-//! }
+//!     Ok(())
+//! })?;
 //! # Ok::<(), Error>(())
 //! ```
 
 use crate::{
+    binding::{Binding, Enrolment},
     bindings,
     error::{code::*, to_result, Result},
     ffi::{c_int, c_uint, c_ulong, c_void},
     prelude::*,
-    sync::atomic::{Atomic, Relaxed},
+    sync::atomic::{Atomic, Full, Relaxed},
     time::{delay::fsleep, Delta},
     types::Opaque,
 };
@@ -537,6 +545,10 @@ struct RawDevInfo {
 /// still in the balloon without telling anyone: a driver deflates (and tells the host about) all
 /// its pages before, as the C driver's `remove_common()` does. Dropping may sleep.
 ///
+/// The same happens when the [`Binding`] it was made with ends, if it was not dropped before
+/// (leaked with `core::mem::forget`, say): its callbacks run on `T`, which may borrow what ends
+/// with the binding. From then on it refuses pages and registrations (`ENODEV`).
+///
 /// # Invariants
 ///
 /// - `raw.dev_info` is initialised by `balloon_devinfo_init()`; with `CONFIG_BALLOON_MIGRATION`
@@ -548,6 +560,10 @@ struct RawDevInfo {
 /// - `oom_nb` is registered as an OOM notifier calling `oom_callback::<T>` exactly when
 ///   `oom_state` is `ON`, or while it is `BUSY` during (un)registration; the same for
 ///   `pr_dev_info`, the page reporting device calling `report_callback::<T>`, and `pr_state`.
+/// - Once initialised, `enrolment` is enrolled with the binding given to `new`, its teardown is
+///   `revoke_callback::<T>`, and it has left (or been torn down) before anything is dropped.
+/// - Once `ended` is set (by the teardown or the drop) and `enqueuers` is back to zero, no
+///   callback is registered and no page is in the balloon, nor will ever be again.
 #[repr(C)]
 #[pin_data(PinnedDrop)]
 pub struct BalloonDevInfo<T: BalloonMigrate> {
@@ -561,6 +577,10 @@ pub struct BalloonDevInfo<T: BalloonMigrate> {
     #[pin]
     pr_dev_info: Opaque<bindings::page_reporting_dev_info>,
     pr_state: Atomic<i32>,
+    ended: Atomic<bool>,
+    enqueuers: Atomic<usize>,
+    #[pin]
+    enrolment: Enrolment,
     #[pin]
     data: T,
 }
@@ -677,6 +697,18 @@ unsafe extern "C" fn report_callback<T: BalloonReport>(
     }
 }
 
+/// The teardown of every `BalloonDevInfo<T>` at the end of its binding, leaked or not.
+///
+/// # Safety
+///
+/// `e` must be the `enrolment` of a live `BalloonDevInfo<T>`, which stays alive for the call.
+unsafe fn revoke_callback<T: BalloonMigrate>(e: *const Enrolment) {
+    // SAFETY: `e` is the `enrolment` field of a `BalloonDevInfo<T>` per the safety requirements,
+    // so the container is in the same allocation and alive.
+    let this = unsafe { &*crate::container_of!(e.cast_mut(), BalloonDevInfo<T>, enrolment) };
+    this.end();
+}
+
 /// `page_reporting_register()`.
 ///
 /// # Safety
@@ -728,14 +760,22 @@ fn with_page_list<R>(f: impl FnOnce(*mut bindings::list_head) -> R) -> R {
 }
 
 impl<T: BalloonMigrate> BalloonDevInfo<T> {
-    /// Creates a balloon device whose migration callback runs on `data`.
+    /// Creates a balloon device whose migration callback runs on `data`, for the span of
+    /// `binding`: when it ends, the device's callbacks are torn down and its pages freed, as on
+    /// drop, even if it was never dropped. `ENODEV` if the binding has ended already.
     ///
     /// With `adjust_managed_page_count`, inflated pages are taken out of the managed page count
     /// (and so out of `MemTotal`), as the virtio balloon does unless it deflates on OOM.
-    pub fn new<E>(
+    pub fn new<'b, E>(
+        binding: Binding<'b>,
         adjust_managed_page_count: bool,
-        data: impl PinInit<T, E>,
-    ) -> impl PinInit<Self, E> {
+        data: impl PinInit<T, E> + 'b,
+    ) -> impl PinInit<Self, Error> + 'b
+    where
+        T: 'b,
+        E: 'b,
+        Error: From<E>,
+    {
         try_pin_init!(Self {
             raw: RawDevInfo {
                 dev_info: Opaque::uninit(),
@@ -745,8 +785,14 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
             oom_state: Atomic::new(OFF),
             pr_dev_info: Opaque::zeroed(),
             pr_state: Atomic::new(OFF),
+            ended: Atomic::new(false),
+            enqueuers: Atomic::new(0),
+            // SAFETY: `revoke_callback::<T>` may be called with this enrolment for as long as it
+            // is enrolled: the drop of `Self` leaves first (type invariant), and it ends every
+            // callback, as the drop does.
+            enrolment <- unsafe { Enrolment::new(revoke_callback::<T>) },
             data <- data,
-        }? E)
+        }? Error)
         .pin_chain(move |this| {
             let b = this.raw.dev_info.get();
             // SAFETY: `b` is valid for writes and not shared with C yet.
@@ -760,7 +806,11 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
                     (*b).migratepage = Some(migrate_callback::<T>);
                 }
             }
-            Ok(())
+            // SAFETY: `enrolment` is a structurally pinned field of the pinned `this`.
+            let enrolment = unsafe { Pin::new_unchecked(&this.enrolment) };
+            // INVARIANT: Enrolled before anything can be registered or enqueued; should the
+            // binding have ended, `this` is dropped, which does nothing left to do.
+            enrolment.enrol(binding)
         })
     }
 
@@ -800,22 +850,38 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
     /// Puts `page` in the balloon and returns its page frame number, to tell the host about.
     ///
     /// From now on the page may be migrated (see [`BalloonMigrate`]) and is freed by
-    /// [`BalloonDevInfo::dequeue`].
-    pub fn enqueue(&self, page: BalloonPage) -> usize {
+    /// [`BalloonDevInfo::dequeue`]. `ENODEV` (and the page freed, not in the balloon: tell nobody)
+    /// once the binding has ended.
+    pub fn enqueue(&self, page: BalloonPage) -> Result<usize> {
         let pfn = page.pfn();
-        // INVARIANT: counted before it is in the list, so the count never falls short of it.
-        self.pages.add(1, Relaxed);
-        // SAFETY: `as_raw()` is an initialised `balloon_dev_info`, and the page is a balloon
-        // allocation whose ownership moves to the balloon and whose `lru` is unused
-        // (`BalloonPage` invariants).
-        unsafe { bindings::balloon_page_enqueue(self.as_raw(), page.into_raw().as_ptr()) };
-        pfn
+        if self.enqueue_many(core::iter::once(page)) == 0 {
+            return Err(ENODEV);
+        }
+        Ok(pfn)
+    }
+
+    /// Lets an enqueue in: `false` once the binding has ended.
+    ///
+    /// Pairs with `end()`: each sets its own variable, fully ordered, before looking at the
+    /// other's, so that either `end()` waits for this enqueue or this enqueue sees the end.
+    fn start_enqueue(&self) -> bool {
+        self.enqueuers.fetch_add(1, Full);
+        if self.ended.load(Relaxed) {
+            self.enqueuers.fetch_sub(1, Full);
+            return false;
+        }
+        true
     }
 
     /// Puts all of `pages` in the balloon at once (`balloon_page_list_enqueue()`, one lock round
     /// trip) and returns how many there were.
+    ///
+    /// Once the binding has ended, takes none (the iterator is not advanced) and returns 0.
     pub fn enqueue_many(&self, pages: impl IntoIterator<Item = BalloonPage>) -> usize {
-        with_page_list(|head| {
+        if !self.start_enqueue() {
+            return 0;
+        }
+        let n = with_page_list(|head| {
             let mut n = 0usize;
             for page in pages {
                 // SAFETY: `head` is a valid list head; the page's `lru` is unused and its
@@ -828,7 +894,9 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
             // SAFETY: `as_raw()` is an initialised `balloon_dev_info` and `head` a list of
             // balloon pages owned by the list, which the call moves into the balloon.
             unsafe { bindings::balloon_page_list_enqueue(self.as_raw(), head) }
-        })
+        });
+        self.enqueuers.fetch_sub(1, Full);
+        n
     }
 
     /// Takes a page out of the balloon, or returns `None` if none is available.
@@ -891,6 +959,11 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
         if !claim(&self.oom_state, OFF) {
             return Err(EBUSY);
         }
+        // After the claim, fully ordered: `end()` either sees `BUSY` and waits, or is seen here.
+        if self.ended.load(Relaxed) {
+            self.oom_state.store(OFF, crate::sync::atomic::Release);
+            return Err(ENODEV);
+        }
         let nb = self.oom_nb.get();
         // SAFETY: `oom_nb` is not registered (`BUSY` excludes everyone else), so nothing else
         // reads it; it is valid for writes.
@@ -902,7 +975,7 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
             })
         };
         // SAFETY: `nb` is an initialised notifier block that stays pinned until it is
-        // unregistered, at the latest on drop.
+        // unregistered, on drop or when the binding ends, whichever comes first (`end()`).
         let ret = to_result(unsafe { bindings::register_oom_notifier(nb) });
         // INVARIANT: registered exactly on success.
         let state = if ret.is_ok() { ON } else { OFF };
@@ -938,6 +1011,11 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
         if !claim(&self.pr_state, OFF) {
             return Err(EBUSY);
         }
+        // As for the OOM notifier.
+        if self.ended.load(Relaxed) {
+            self.pr_state.store(OFF, crate::sync::atomic::Release);
+            return Err(ENODEV);
+        }
         let prdev = self.pr_dev_info.get();
         // SAFETY: Not registered (`BUSY` excludes everyone else), so nothing else uses it. The
         // work and state fields are (re)initialised by `page_reporting_register()`.
@@ -950,8 +1028,8 @@ impl<T: BalloonMigrate> BalloonDevInfo<T> {
             };
             (*prdev).capacity = capacity;
         }
-        // SAFETY: `prdev` is set up and stays pinned until it is unregistered, at the latest on
-        // drop.
+        // SAFETY: `prdev` is set up and stays pinned until it is unregistered, on drop or when
+        // the binding ends, whichever comes first (`end()`).
         let ret = unsafe { page_reporting_register(prdev) };
         // INVARIANT: registered exactly on success.
         let state = if ret.is_ok() { ON } else { OFF };
@@ -982,23 +1060,43 @@ impl<T: BalloonMigrate> Deref for BalloonDevInfo<T> {
     }
 }
 
-#[pinned_drop]
-impl<T: BalloonMigrate> PinnedDrop for BalloonDevInfo<T> {
-    fn drop(self: Pin<&mut Self>) {
-        // `&mut` excludes a concurrent registration, so the notifier is either on or off here.
+impl<T: BalloonMigrate> BalloonDevInfo<T> {
+    /// Ends the device for good, on drop or when its binding ends, whichever comes first: no
+    /// callback runs from then on, no page is left inside and none is taken any more. May sleep.
+    fn end(&self) {
+        // INVARIANT: Fully ordered before looking at the registrations and the enqueuers, which
+        // look at it after announcing themselves (`claim()`, `start_enqueue()`).
+        self.ended.xchg(true, Full);
+        // A (un)registration in progress either saw `ended` and backs out, or completes first.
+        while self.oom_state.load(Relaxed) == BUSY || self.pr_state.load(Relaxed) == BUSY {
+            fsleep(Delta::from_millis(1));
+        }
         self.unregister_oom_notifier();
         self.unregister_page_reporting();
+        while self.enqueuers.load(Relaxed) != 0 {
+            fsleep(Delta::from_millis(1));
+        }
         let left = self.pages();
         if left != 0 {
             pr_warn!("balloon: freeing {left} pages that were not deflated\n");
         }
         // Pages isolated for migration still refer to the C structure and come back to the list
-        // (migrated or not) shortly: wait for them before it goes away.
+        // (migrated or not) shortly: wait for them, so that no migration calls `T` any more.
         while self.pages() != 0 {
             if self.dequeue_many(usize::MAX, DeflatedPage::release) == 0 {
                 fsleep(Delta::from_millis(1));
             }
         }
+    }
+}
+
+#[pinned_drop]
+impl<T: BalloonMigrate> PinnedDrop for BalloonDevInfo<T> {
+    fn drop(self: Pin<&mut Self>) {
+        // Off the binding's teardown list first (or after its teardown of `self`, if it is
+        // running), so that the teardown never runs on a value being dropped.
+        self.enrolment.leave();
+        self.end();
     }
 }
 
@@ -1049,50 +1147,52 @@ mod tests {
 
     #[test]
     fn migratepage_reaches_the_rust_callback() -> Result {
-        let b = KBox::pin_init(BalloonDevInfo::new(false, record()), GFP_KERNEL)?;
-        // SAFETY: `b` is initialised and only read.
-        let hook = unsafe { (*b.as_raw()).migratepage };
-        if !cfg!(CONFIG_BALLOON_MIGRATION) {
-            assert!(hook.is_none());
-            return Ok(());
-        }
-        let hook = hook.ok_or(EINVAL)?;
-        // Two ordinary pages stand in for the isolated page and its replacement: the callback
-        // path only looks at their frame numbers.
-        let newpage = BalloonPage::alloc().ok_or(ENOMEM)?;
-        let page = BalloonPage::alloc().ok_or(ENOMEM)?;
-        let call = |mode| {
-            // SAFETY: `hook` is the migration callback of the live `b`, and both pages are valid
-            // for the duration of the call.
-            unsafe { hook(b.as_raw(), newpage.0.as_ptr(), page.0.as_ptr(), mode) }
-        };
+        crate::binding::scope(|binding| -> Result {
+            let b = KBox::pin_init(BalloonDevInfo::new(binding, false, record()), GFP_KERNEL)?;
+            // SAFETY: `b` is initialised and only read.
+            let hook = unsafe { (*b.as_raw()).migratepage };
+            if !cfg!(CONFIG_BALLOON_MIGRATION) {
+                assert!(hook.is_none());
+                return Ok(());
+            }
+            let hook = hook.ok_or(EINVAL)?;
+            // Two ordinary pages stand in for the isolated page and its replacement: the callback
+            // path only looks at their frame numbers.
+            let newpage = BalloonPage::alloc().ok_or(ENOMEM)?;
+            let page = BalloonPage::alloc().ok_or(ENOMEM)?;
+            let call = |mode| {
+                // SAFETY: `hook` is the migration callback of the live `b`, and both pages are
+                // valid for the duration of the call.
+                unsafe { hook(b.as_raw(), newpage.0.as_ptr(), page.0.as_ptr(), mode) }
+            };
 
-        assert_eq!(call(bindings::migrate_mode::MIGRATE_SYNC_LIGHT), 0);
-        assert_eq!(b.calls.load(Relaxed), 1);
-        assert_eq!(b.newpfn.load(Relaxed), newpage.pfn());
-        assert_eq!(b.oldpfn.load(Relaxed), page.pfn());
-        assert_eq!(b.mode.load(Relaxed), MigrateMode::SyncLight as u32);
+            assert_eq!(call(bindings::migrate_mode::MIGRATE_SYNC_LIGHT), 0);
+            assert_eq!(b.calls.load(Relaxed), 1);
+            assert_eq!(b.newpfn.load(Relaxed), newpage.pfn());
+            assert_eq!(b.oldpfn.load(Relaxed), page.pfn());
+            assert_eq!(b.mode.load(Relaxed), MigrateMode::SyncLight as u32);
 
-        // Errors reach the C core, except "old page deflated, new page not" which is refused.
-        b.answer.store(EBUSY.to_errno(), Relaxed);
-        assert_eq!(
-            call(bindings::migrate_mode::MIGRATE_ASYNC),
-            EBUSY.to_errno()
-        );
-        b.answer.store(ENOENT.to_errno(), Relaxed);
-        assert_eq!(
-            call(bindings::migrate_mode::MIGRATE_SYNC),
-            EAGAIN.to_errno()
-        );
-        assert_eq!(b.mode.load(Relaxed), MigrateMode::Sync as u32);
-        assert_eq!(b.calls.load(Relaxed), 3);
+            // Errors reach the C core, except "old page deflated, new page not" which is refused.
+            b.answer.store(EBUSY.to_errno(), Relaxed);
+            assert_eq!(
+                call(bindings::migrate_mode::MIGRATE_ASYNC),
+                EBUSY.to_errno()
+            );
+            b.answer.store(ENOENT.to_errno(), Relaxed);
+            assert_eq!(
+                call(bindings::migrate_mode::MIGRATE_SYNC),
+                EAGAIN.to_errno()
+            );
+            assert_eq!(b.mode.load(Relaxed), MigrateMode::Sync as u32);
+            assert_eq!(b.calls.load(Relaxed), 3);
 
-        // A mode C does not define never reaches the driver.
-        assert_eq!(call(bindings::migrate_mode(1000)), EINVAL.to_errno());
-        assert_eq!(b.calls.load(Relaxed), 3);
-        // Nothing was enqueued: the balloon's accounting is untouched by the callback.
-        assert_eq!(b.pages(), 0);
-        Ok(())
+            // A mode C does not define never reaches the driver.
+            assert_eq!(call(bindings::migrate_mode(1000)), EINVAL.to_errno());
+            assert_eq!(b.calls.load(Relaxed), 3);
+            // Nothing was enqueued: the balloon's accounting is untouched by the callback.
+            assert_eq!(b.pages(), 0);
+            Ok(())
+        })
     }
 
     impl BalloonOom for Record {
@@ -1163,73 +1263,78 @@ mod tests {
 
     #[test]
     fn compaction_migrates_through_the_callback() -> Result {
-        #[cfg(CONFIG_BALLOON_MIGRATION)]
-        {
-            let b = KBox::pin_init(BalloonDevInfo::new(false, record()), GFP_KERNEL)?;
+        crate::binding::scope(|binding| -> Result {
+            #[cfg(CONFIG_BALLOON_MIGRATION)]
+            {
+                let b = KBox::pin_init(BalloonDevInfo::new(binding, false, record()), GFP_KERNEL)?;
 
-            // The driver accepts: the new page replaces the old one in the balloon.
-            let page = b.alloc_page().ok_or(ENOMEM)?;
-            let raw = page.0;
-            let pfn = b.enqueue(page);
-            assert_eq!(compact_one(&b, raw)?, 0);
-            assert_eq!(b.calls.load(Relaxed), 1);
-            assert_eq!(b.oldpfn.load(Relaxed), pfn);
-            // `migrate_pages()` in sync mode first tries everything in async mode, in one batch.
-            assert_eq!(b.mode.load(Relaxed), MigrateMode::Async as u32);
-            let newpfn = b.newpfn.load(Relaxed);
-            assert!(newpfn != pfn);
-            assert_eq!(b.pages(), 1);
-            assert_eq!(b.isolated_pages(), 0);
-            let page = b.dequeue().ok_or(EINVAL)?;
-            assert_eq!(page.pfn(), newpfn);
-            page.release();
+                // The driver accepts: the new page replaces the old one in the balloon.
+                let page = b.alloc_page().ok_or(ENOMEM)?;
+                let raw = page.0;
+                let pfn = b.enqueue(page)?;
+                assert_eq!(compact_one(&b, raw)?, 0);
+                assert_eq!(b.calls.load(Relaxed), 1);
+                assert_eq!(b.oldpfn.load(Relaxed), pfn);
+                // `migrate_pages()` in sync mode first tries everything in async mode, in one
+                // batch.
+                assert_eq!(b.mode.load(Relaxed), MigrateMode::Async as u32);
+                let newpfn = b.newpfn.load(Relaxed);
+                assert!(newpfn != pfn);
+                assert_eq!(b.pages(), 1);
+                assert_eq!(b.isolated_pages(), 0);
+                let page = b.dequeue().ok_or(EINVAL)?;
+                assert_eq!(page.pfn(), newpfn);
+                page.release();
 
-            // The driver refuses: the old page goes back to the balloon list.
-            b.answer.store(EBUSY.to_errno(), Relaxed);
-            let page = b.alloc_page().ok_or(ENOMEM)?;
-            let raw = page.0;
-            let pfn = b.enqueue(page);
-            assert!(compact_one(&b, raw)? != 0);
-            assert!(b.calls.load(Relaxed) >= 2);
-            assert_eq!(b.oldpfn.load(Relaxed), pfn);
-            assert_eq!(b.pages(), 1);
-            assert_eq!(b.isolated_pages(), 0);
-            let page = b.dequeue().ok_or(EINVAL)?;
-            assert_eq!(page.pfn(), pfn);
-            page.release();
-            assert_eq!(b.pages(), 0);
-        }
-        Ok(())
+                // The driver refuses: the old page goes back to the balloon list.
+                b.answer.store(EBUSY.to_errno(), Relaxed);
+                let page = b.alloc_page().ok_or(ENOMEM)?;
+                let raw = page.0;
+                let pfn = b.enqueue(page)?;
+                assert!(compact_one(&b, raw)? != 0);
+                assert!(b.calls.load(Relaxed) >= 2);
+                assert_eq!(b.oldpfn.load(Relaxed), pfn);
+                assert_eq!(b.pages(), 1);
+                assert_eq!(b.isolated_pages(), 0);
+                let page = b.dequeue().ok_or(EINVAL)?;
+                assert_eq!(page.pfn(), pfn);
+                page.release();
+                assert_eq!(b.pages(), 0);
+            }
+            Ok(())
+        })
     }
 
     #[test]
     fn oom_notifier_deflates() -> Result {
-        let b = KBox::pin_init(BalloonDevInfo::new(false, record()), GFP_KERNEL)?;
-        b.register_oom_notifier(80)?;
-        assert_eq!(b.register_oom_notifier(80), Err(EBUSY));
-        b.enqueue(b.alloc_page().ok_or(ENOMEM)?);
-        b.enqueue(b.alloc_page().ok_or(ENOMEM)?);
+        crate::binding::scope(|binding| -> Result {
+            let b = KBox::pin_init(BalloonDevInfo::new(binding, false, record()), GFP_KERNEL)?;
+            b.register_oom_notifier(80)?;
+            assert_eq!(b.register_oom_notifier(80), Err(EBUSY));
+            b.enqueue(b.alloc_page().ok_or(ENOMEM)?)?;
+            b.enqueue(b.alloc_page().ok_or(ENOMEM)?)?;
 
-        // Call the notifier the way `out_of_memory()` does, without running out of memory.
-        let nb = b.oom_nb.get();
-        // SAFETY: `nb` is initialised and registered, so only read by the notifier chain.
-        let call = unsafe { (*nb).notifier_call }.ok_or(EINVAL)?;
-        let mut freed: c_ulong = 5;
-        // SAFETY: `nb` is the `oom_nb` of the live `b` and `freed` a valid counter.
-        let ret = unsafe { call(nb, 0, (&raw mut freed).cast()) };
-        assert_eq!(ret, bindings::NOTIFY_OK as c_int);
-        // The two pages are added to what earlier notifiers freed.
-        assert_eq!(freed, 7);
-        assert_eq!(b.calls.load(Relaxed), 1);
-        assert_eq!(b.pages(), 0);
+            // Call the notifier the way `out_of_memory()` does, without running out of memory.
+            let nb = b.oom_nb.get();
+            // SAFETY: `nb` is initialised and registered, so only read by the notifier chain.
+            let call = unsafe { (*nb).notifier_call }.ok_or(EINVAL)?;
+            let mut freed: c_ulong = 5;
+            // SAFETY: `nb` is the `oom_nb` of the live `b` and `freed` a valid counter.
+            let ret = unsafe { call(nb, 0, (&raw mut freed).cast()) };
+            assert_eq!(ret, bindings::NOTIFY_OK as c_int);
+            // The two pages are added to what earlier notifiers freed.
+            assert_eq!(freed, 7);
+            assert_eq!(b.calls.load(Relaxed), 1);
+            assert_eq!(b.pages(), 0);
 
-        b.unregister_oom_notifier();
-        // Unregistering twice is harmless, and registering again works.
-        b.unregister_oom_notifier();
-        b.register_oom_notifier(0)?;
-        // Dropping the balloon unregisters the notifier.
-        drop(b);
-        Ok(())
+            b.unregister_oom_notifier();
+            // Unregistering twice is harmless, and registering again works.
+            b.unregister_oom_notifier();
+            b.register_oom_notifier(0)?;
+            // Dropping the balloon unregisters the notifier.
+            drop(b);
+            Ok(())
+        })
     }
 
     impl BalloonReport for Record {
@@ -1248,39 +1353,41 @@ mod tests {
 
     #[test]
     fn page_reporting_callback() -> Result {
-        let b = KBox::pin_init(BalloonDevInfo::new(false, record()), GFP_KERNEL)?;
-        if !cfg!(CONFIG_PAGE_REPORTING) {
-            assert_eq!(b.register_page_reporting(None, 0), Err(EOPNOTSUPP));
-            return Ok(());
-        }
-        // The default order, so that the first registration (which fixes the order for good)
-        // picks what the virtio balloon would pick anyway.
-        b.register_page_reporting(None, 0)?;
-        assert_eq!(b.register_page_reporting(None, 0), Err(EBUSY));
-        b.unregister_page_reporting();
-        b.unregister_page_reporting();
+        crate::binding::scope(|binding| -> Result {
+            let b = KBox::pin_init(BalloonDevInfo::new(binding, false, record()), GFP_KERNEL)?;
+            if !cfg!(CONFIG_PAGE_REPORTING) {
+                assert_eq!(b.register_page_reporting(None, 0), Err(EOPNOTSUPP));
+                return Ok(());
+            }
+            // The default order, so that the first registration (which fixes the order for good)
+            // picks what the virtio balloon would pick anyway.
+            b.register_page_reporting(None, 0)?;
+            assert_eq!(b.register_page_reporting(None, 0), Err(EBUSY));
+            b.unregister_page_reporting();
+            b.unregister_page_reporting();
 
-        // Call the callback as `page_reporting_process()` would, with one 4 KiB block.
-        b.register_page_reporting(None, 0)?;
-        // SAFETY: Registered, so only read by page reporting.
-        let report = unsafe { (*b.pr_dev_info.get()).report }.ok_or(EINVAL)?;
-        let buf = KBox::new([0u8; 4096], GFP_KERNEL)?;
-        let mut sg = pin_init::zeroed::<bindings::scatterlist>();
-        // SAFETY: `sg` is a valid entry and `buf` a valid kernel buffer of the given length.
-        unsafe { bindings::sg_init_one(&mut sg, buf.as_ptr().cast(), 4096) };
-        let mut call = || {
-            // SAFETY: `b` is alive and `sg` describes one valid block for the call.
-            unsafe { report(b.pr_dev_info.get(), &raw mut sg, 1) }
-        };
-        assert_eq!(call(), 0);
-        assert_eq!(b.calls.load(Relaxed), 1);
-        assert_eq!(b.newpfn.load(Relaxed), 4096);
-        assert_eq!(b.oldpfn.load(Relaxed), 1);
-        b.answer.store(EIO.to_errno(), Relaxed);
-        assert_eq!(call(), EIO.to_errno());
-        // Dropping the balloon unregisters it.
-        drop(b);
-        Ok(())
+            // Call the callback as `page_reporting_process()` would, with one 4 KiB block.
+            b.register_page_reporting(None, 0)?;
+            // SAFETY: Registered, so only read by page reporting.
+            let report = unsafe { (*b.pr_dev_info.get()).report }.ok_or(EINVAL)?;
+            let buf = KBox::new([0u8; 4096], GFP_KERNEL)?;
+            let mut sg = pin_init::zeroed::<bindings::scatterlist>();
+            // SAFETY: `sg` is a valid entry and `buf` a valid kernel buffer of the given length.
+            unsafe { bindings::sg_init_one(&mut sg, buf.as_ptr().cast(), 4096) };
+            let mut call = || {
+                // SAFETY: `b` is alive and `sg` describes one valid block for the call.
+                unsafe { report(b.pr_dev_info.get(), &raw mut sg, 1) }
+            };
+            assert_eq!(call(), 0);
+            assert_eq!(b.calls.load(Relaxed), 1);
+            assert_eq!(b.newpfn.load(Relaxed), 4096);
+            assert_eq!(b.oldpfn.load(Relaxed), 1);
+            b.answer.store(EIO.to_errno(), Relaxed);
+            assert_eq!(call(), EIO.to_errno());
+            // Dropping the balloon unregisters it.
+            drop(b);
+            Ok(())
+        })
     }
 
     #[test]
@@ -1310,61 +1417,65 @@ mod tests {
 
     #[test]
     fn inflate_deflate_roundtrip() -> Result {
-        let b = KBox::pin_init(
-            BalloonDevInfo::new(false, Refuse(Atomic::new(0))),
-            GFP_KERNEL,
-        )?;
-        assert_eq!(b.pages(), 0);
-        assert!(b.dequeue().is_none());
+        crate::binding::scope(|binding| -> Result {
+            let b = KBox::pin_init(
+                BalloonDevInfo::new(binding, false, Refuse(Atomic::new(0))),
+                GFP_KERNEL,
+            )?;
+            assert_eq!(b.pages(), 0);
+            assert!(b.dequeue().is_none());
 
-        let mut pfns = KVec::new();
-        for _ in 0..4 {
-            let page = b.alloc_page().ok_or(ENOMEM)?;
-            let pfn = page.pfn();
-            assert_eq!(b.enqueue(page), pfn);
-            pfns.push(pfn, GFP_KERNEL)?;
-        }
-        let batch = [b.alloc_page().ok_or(ENOMEM)?, b.alloc_page().ok_or(ENOMEM)?];
-        assert_eq!(b.enqueue_many(batch), 2);
-        assert_eq!(b.pages(), 6);
+            let mut pfns = KVec::new();
+            for _ in 0..4 {
+                let page = b.alloc_page().ok_or(ENOMEM)?;
+                let pfn = page.pfn();
+                assert_eq!(b.enqueue(page)?, pfn);
+                pfns.push(pfn, GFP_KERNEL)?;
+            }
+            let batch = [b.alloc_page().ok_or(ENOMEM)?, b.alloc_page().ok_or(ENOMEM)?];
+            assert_eq!(b.enqueue_many(batch), 2);
+            assert_eq!(b.pages(), 6);
 
-        // Nothing triggers compaction here, so every page is on the list.
-        let page = b.dequeue().ok_or(EINVAL)?;
-        assert_eq!(b.pages(), 5);
-        page.release();
-        let mut out = KVec::new();
-        let got = b.dequeue_many(3, |p| {
-            let _ = out.push(p.pfn(), GFP_KERNEL);
-        });
-        assert_eq!(got, 3);
-        assert_eq!(out.len(), 3);
-        assert_eq!(b.pages(), 2);
-        // Asking for more than is there returns what is there.
-        assert_eq!(b.dequeue_many(10, DeflatedPage::release), 2);
-        assert_eq!(b.pages(), 0);
-        assert!(b.dequeue().is_none());
-        assert_eq!(b.isolated_pages(), 0);
-        Ok(())
+            // Nothing triggers compaction here, so every page is on the list.
+            let page = b.dequeue().ok_or(EINVAL)?;
+            assert_eq!(b.pages(), 5);
+            page.release();
+            let mut out = KVec::new();
+            let got = b.dequeue_many(3, |p| {
+                let _ = out.push(p.pfn(), GFP_KERNEL);
+            });
+            assert_eq!(got, 3);
+            assert_eq!(out.len(), 3);
+            assert_eq!(b.pages(), 2);
+            // Asking for more than is there returns what is there.
+            assert_eq!(b.dequeue_many(10, DeflatedPage::release), 2);
+            assert_eq!(b.pages(), 0);
+            assert!(b.dequeue().is_none());
+            assert_eq!(b.isolated_pages(), 0);
+            Ok(())
+        })
     }
 
     #[test]
     fn a_deflation_the_host_missed_goes_back_in() -> Result {
-        let b = KBox::pin_init(
-            BalloonDevInfo::new(false, Refuse(Atomic::new(0))),
-            GFP_KERNEL,
-        )?;
-        let page = b.alloc_page().ok_or(ENOMEM)?;
-        let pfn = b.enqueue(page);
-        let page = b.dequeue().ok_or(EINVAL)?;
-        assert_eq!(b.pages(), 0);
-        // The same page, balloon-owned again: it can be enqueued, dequeued and released.
-        assert_eq!(b.enqueue(page.keep()), pfn);
-        assert_eq!(b.pages(), 1);
-        let page = b.dequeue().ok_or(EINVAL)?;
-        assert_eq!(page.pfn(), pfn);
-        page.release();
-        assert_eq!(b.pages(), 0);
-        Ok(())
+        crate::binding::scope(|binding| -> Result {
+            let b = KBox::pin_init(
+                BalloonDevInfo::new(binding, false, Refuse(Atomic::new(0))),
+                GFP_KERNEL,
+            )?;
+            let page = b.alloc_page().ok_or(ENOMEM)?;
+            let pfn = b.enqueue(page)?;
+            let page = b.dequeue().ok_or(EINVAL)?;
+            assert_eq!(b.pages(), 0);
+            // The same page, balloon-owned again: it can be enqueued, dequeued and released.
+            assert_eq!(b.enqueue(page.keep())?, pfn);
+            assert_eq!(b.pages(), 1);
+            let page = b.dequeue().ok_or(EINVAL)?;
+            assert_eq!(page.pfn(), pfn);
+            page.release();
+            assert_eq!(b.pages(), 0);
+            Ok(())
+        })
     }
 
     #[test]
@@ -1438,35 +1549,37 @@ mod tests {
 
     #[test]
     fn a_block_is_enqueued_page_by_page_in_frame_order() -> Result {
-        let b = KBox::pin_init(
-            BalloonDevInfo::new(false, Refuse(Atomic::new(0))),
-            GFP_KERNEL,
-        )?;
-        assert!(BalloonBlock::alloc_if_free(bindings::MAX_PAGE_ORDER + 1).is_none());
-        // A KUnit guest has free 2 MiB blocks right after boot; should it have none, the
-        // balloon would take single pages, which the other tests cover.
-        let Some(block) = BalloonBlock::alloc_if_free(BalloonBlock::HUGE_ORDER) else {
-            return Ok(());
-        };
-        let n = block.pages();
-        assert_eq!(n, 1 << BalloonBlock::HUGE_ORDER);
-        let mut first = None;
-        let mut expect = 0;
-        let enqueued = b.enqueue_many(block.inspect(|page| {
-            let pfn = page.pfn();
-            let base = *first.get_or_insert(pfn);
-            assert_eq!(pfn, base + expect);
-            expect += 1;
-        }));
-        assert_eq!(enqueued, n);
-        assert_eq!(b.pages(), n);
-        let base = first.ok_or(EINVAL)?;
-        // Naturally aligned, as the page allocator hands out blocks.
-        assert_eq!(base % n, 0);
-        // Every page leaves the balloon on its own.
-        assert_eq!(b.dequeue_many(n, DeflatedPage::release), n);
-        assert_eq!(b.pages(), 0);
-        Ok(())
+        crate::binding::scope(|binding| -> Result {
+            let b = KBox::pin_init(
+                BalloonDevInfo::new(binding, false, Refuse(Atomic::new(0))),
+                GFP_KERNEL,
+            )?;
+            assert!(BalloonBlock::alloc_if_free(bindings::MAX_PAGE_ORDER + 1).is_none());
+            // A KUnit guest has free 2 MiB blocks right after boot; should it have none, the
+            // balloon would take single pages, which the other tests cover.
+            let Some(block) = BalloonBlock::alloc_if_free(BalloonBlock::HUGE_ORDER) else {
+                return Ok(());
+            };
+            let n = block.pages();
+            assert_eq!(n, 1 << BalloonBlock::HUGE_ORDER);
+            let mut first = None;
+            let mut expect = 0;
+            let enqueued = b.enqueue_many(block.inspect(|page| {
+                let pfn = page.pfn();
+                let base = *first.get_or_insert(pfn);
+                assert_eq!(pfn, base + expect);
+                expect += 1;
+            }));
+            assert_eq!(enqueued, n);
+            assert_eq!(b.pages(), n);
+            let base = first.ok_or(EINVAL)?;
+            // Naturally aligned, as the page allocator hands out blocks.
+            assert_eq!(base % n, 0);
+            // Every page leaves the balloon on its own.
+            assert_eq!(b.dequeue_many(n, DeflatedPage::release), n);
+            assert_eq!(b.pages(), 0);
+            Ok(())
+        })
     }
 
     #[test]
@@ -1485,18 +1598,72 @@ mod tests {
 
     #[test]
     fn drop_frees_leftover_pages() -> Result {
-        let mut b = KBox::pin_init(
-            BalloonDevInfo::new(true, Refuse(Atomic::new(0))),
-            GFP_KERNEL,
-        )?;
-        // The accounting mode can change while the balloon is empty, not once it holds pages.
-        b.as_mut().set_adjust_managed_page_count(false)?;
+        crate::binding::scope(|binding| -> Result {
+            let mut b = KBox::pin_init(
+                BalloonDevInfo::new(binding, true, Refuse(Atomic::new(0))),
+                GFP_KERNEL,
+            )?;
+            // The accounting mode can change while the balloon is empty, not once it holds pages.
+            b.as_mut().set_adjust_managed_page_count(false)?;
+            let page = b.alloc_page().ok_or(ENOMEM)?;
+            b.enqueue(page)?;
+            assert_eq!(b.as_mut().set_adjust_managed_page_count(true), Err(EBUSY));
+            assert_eq!(b.pages(), 1);
+            // Dropping with a page in the balloon frees it (with a warning) instead of leaking it.
+            drop(b);
+            Ok(())
+        })
+    }
+
+    #[test]
+    fn a_leaked_balloon_is_torn_down_when_its_binding_ends() -> Result {
+        let mut leaked: *const BalloonDevInfo<Record> = core::ptr::null();
+        crate::binding::scope(|binding| -> Result {
+            let b = KBox::pin_init(BalloonDevInfo::new(binding, false, record()), GFP_KERNEL)?;
+            b.register_oom_notifier(80)?;
+            b.register_page_reporting(None, 0).or_else(|e| {
+                // Another device may report already, or the kernel has no page reporting.
+                if e == EBUSY || e == EOPNOTSUPP {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+            b.enqueue(b.alloc_page().ok_or(ENOMEM)?)?;
+            b.enqueue(b.alloc_page().ok_or(ENOMEM)?)?;
+            // What `core::mem::forget` of the box does: its drop never runs.
+            // SAFETY: The value is not moved: the box is only turned into a pointer, dropped
+            // below.
+            leaked = KBox::into_raw(unsafe { Pin::into_inner_unchecked(b) });
+            Ok(())
+        })?;
+        // SAFETY: The leaked box is alive until it is rebuilt and dropped at the end.
+        let b = unsafe { &*leaked };
+        // The end of the binding did what the drop would have: no callback, no page left.
+        assert_eq!(b.oom_state.load(Relaxed), OFF);
+        assert_eq!(b.pr_state.load(Relaxed), OFF);
+        assert_eq!(b.pages(), 0);
+        // And nothing comes back: no page goes in (it is freed instead), no callback either.
         let page = b.alloc_page().ok_or(ENOMEM)?;
-        b.enqueue(page);
-        assert_eq!(b.as_mut().set_adjust_managed_page_count(true), Err(EBUSY));
-        assert_eq!(b.pages(), 1);
-        // Dropping with a page in the balloon frees it (with a warning) instead of leaking it.
-        drop(b);
+        assert_eq!(b.enqueue(page), Err(ENODEV));
+        assert_eq!(b.pages(), 0);
+        assert_eq!(b.register_oom_notifier(80), Err(ENODEV));
+        assert_eq!(b.register_page_reporting(None, 0), Err(ENODEV));
+        // Dropping it afterwards finds nothing left to do.
+        // SAFETY: `leaked` comes from `KBox::into_raw` and is not used afterwards.
+        drop(unsafe { KBox::from_raw(leaked.cast_mut()) });
+        Ok(())
+    }
+
+    #[test]
+    fn no_balloon_once_its_binding_has_ended() -> Result {
+        pin_init::stack_pin_init!(let teardown = crate::binding::Teardown::new());
+        // SAFETY: `teardown` is pinned on this frame and runs right away, before anything the
+        // binding could cover goes away.
+        let binding = unsafe { crate::binding::Teardown::binding(core::ptr::from_ref(&*teardown)) };
+        teardown.run();
+        let b = KBox::pin_init(BalloonDevInfo::new(binding, false, record()), GFP_KERNEL);
+        assert_eq!(b.err(), Some(ENODEV));
         Ok(())
     }
 }

@@ -12,8 +12,9 @@
 //!
 //! - [`Shrink`]: the two callbacks, implemented by the data the shrinker works on.
 //! - [`Shrinker<T>`]: pinned owner of a registered `struct shrinker` and of its data `T`
-//!   (reachable through [`Deref`]). [`Shrinker::new`]`(name, data)` allocates and registers it
-//!   (`shrinker_alloc()`, `shrinker_register()`); dropping it unregisters it, waits for running
+//!   (reachable through [`Deref`]). [`Shrinker::new`]`(binding, name, data)` allocates and
+//!   registers it (`shrinker_alloc()`, `shrinker_register()`); dropping it, or the end of the
+//!   [`Binding`] if it was not dropped before (leaked), unregisters it, waits for running
 //!   callbacks and frees it (`shrinker_free()`) before `T` is dropped.
 //! - [`ShrinkControl`]: what reclaim asks for: [`ShrinkControl::nr_to_scan`],
 //!   [`ShrinkControl::nid`], [`ShrinkControl::set_nr_scanned`].
@@ -46,17 +47,27 @@
 //!     }
 //! }
 //!
-//! let spares = KBox::pin_init(
-//!     Shrinker::new(c"rust-doc-spares", Spares(Atomic::new(8))),
-//!     GFP_KERNEL,
-//! )?;
-//! // Reclaim may call the callbacks from now on, until `spares` is dropped.
-//! assert!(spares.0.load(Relaxed) <= 8);
-//! drop(spares);
+//! // A driver gets its binding from the bus (`virtio::Driver::probe`); a scope stands in here.
+//! kernel::binding::scope(|binding| -> Result {
+//!     let spares = KBox::pin_init(
+//!         Shrinker::new(binding, c"rust-doc-spares", Spares(Atomic::new(8))),
+//!         GFP_KERNEL,
+//!     )?;
+//!     // Reclaim may call the callbacks from now on, until `spares` is dropped.
+//!     assert!(spares.0.load(Relaxed) <= 8);
+//!     drop(spares);
+//!     Ok(())
+//! })?;
 //! # Ok::<(), Error>(())
 //! ```
 
-use crate::{bindings, prelude::*};
+use crate::{
+    binding::{Binding, Enrolment},
+    bindings,
+    prelude::*,
+    sync::atomic::{Acquire, Atomic, Full, Release},
+    time::{delay::fsleep, Delta},
+};
 use core::{
     marker::{PhantomData, PhantomPinned},
     ops::Deref,
@@ -154,12 +165,27 @@ impl ShrinkControl<'_> {
     }
 }
 
-/// An allocated `struct shrinker`, freed (and unregistered, if registered) on drop.
+/// An allocated `struct shrinker`, freed (and unregistered, if registered) by [`RawShrinker::free`]
+/// or on drop, whichever comes first.
 ///
 /// # Invariants
 ///
-/// The pointer comes from a successful `shrinker_alloc()` and is freed only by `drop`.
-struct RawShrinker(NonNull<bindings::shrinker>);
+/// `ptr` comes from a successful `shrinker_alloc()`; it is live until `state` is `FREED`, which
+/// it becomes once, when it is freed. It is registered exactly while `state` is `REGISTERED`
+/// (or `REGISTERING`, during the registration).
+struct RawShrinker {
+    ptr: NonNull<bindings::shrinker>,
+    state: Atomic<i32>,
+}
+
+/// `RawShrinker::state`: allocated, not registered.
+const ALLOCATED: i32 = 0;
+/// `RawShrinker::state`: being registered.
+const REGISTERING: i32 = 1;
+/// `RawShrinker::state`: registered.
+const REGISTERED: i32 = 2;
+/// `RawShrinker::state`: freed; the pointer is dangling.
+const FREED: i32 = 3;
 
 // SAFETY: The shrinker core synchronises registration and freeing internally; the pointer may be
 // freed from any thread.
@@ -174,28 +200,83 @@ impl RawShrinker {
         // memcg-aware.
         let raw = unsafe { bindings::shrinker_alloc(0, c"%s".as_char_ptr(), name.as_char_ptr()) };
         // INVARIANT: A non-NULL result is a fresh allocation.
-        NonNull::new(raw).map(Self).ok_or(ENOMEM)
+        NonNull::new(raw)
+            .map(|ptr| Self {
+                ptr,
+                state: Atomic::new(ALLOCATED),
+            })
+            .ok_or(ENOMEM)
+    }
+
+    /// Registers the shrinker with callbacks for `T` running on `data`. `ENODEV` if it was freed
+    /// (its binding ended) meanwhile.
+    ///
+    /// # Safety
+    ///
+    /// `data` must stay valid (and at this address) until the shrinker is freed.
+    unsafe fn register<T: Shrink>(&self, data: *const T) -> Result {
+        if self.state.cmpxchg(ALLOCATED, REGISTERING, Full).is_err() {
+            return Err(ENODEV);
+        }
+        let raw = self.ptr.as_ptr();
+        // SAFETY: `REGISTERING` keeps `free()` waiting, so `raw` is live and not registered;
+        // nothing else reads these fields yet. `data` outlives the registration per the safety
+        // requirements.
+        unsafe {
+            (*raw).count_objects = Some(count_callback::<T>);
+            (*raw).scan_objects = Some(scan_callback::<T>);
+            (*raw).private_data = data.cast_mut().cast();
+            bindings::shrinker_register(raw);
+        }
+        // INVARIANT: Registered with the callbacks and data just set.
+        self.state.store(REGISTERED, Release);
+        Ok(())
+    }
+
+    /// Unregisters (if registered) and frees the shrinker, after waiting for its callbacks; does
+    /// nothing the second time. May sleep.
+    fn free(&self) {
+        loop {
+            match self.state.load(Acquire) {
+                FREED => return,
+                REGISTERING => fsleep(Delta::from_millis(1)),
+                s => {
+                    if self.state.cmpxchg(s, FREED, Full).is_ok() {
+                        break;
+                    }
+                }
+            }
+        }
+        // SAFETY: This call moved the state to `FREED`, so the pointer was live and is freed
+        // once (type invariant). `shrinker_free()` unregisters a registered shrinker and waits
+        // until no callback runs or will run before freeing it.
+        unsafe { bindings::shrinker_free(self.ptr.as_ptr()) };
     }
 }
 
 impl Drop for RawShrinker {
     fn drop(&mut self) {
-        // SAFETY: By the type invariants the pointer is live. `shrinker_free()` unregisters a
-        // registered shrinker and waits until no callback runs or will run before freeing it.
-        unsafe { bindings::shrinker_free(self.0.as_ptr()) };
+        self.free();
     }
 }
 
 /// A registered shrinker and the data `T` its callbacks run on.
 ///
+/// It is unregistered on drop, or when the [`Binding`] it was made with ends, whichever comes
+/// first: `T` may borrow what ends with the binding, and a shrinker that is never dropped
+/// (`core::mem::forget`) must not call it afterwards.
+///
 /// # Invariants
 ///
 /// Once initialised, `raw` is registered with `count_callback::<T>` and `scan_callback::<T>` as
 /// its callbacks and the address of `data` as its private data, and stays so until `raw` is
-/// dropped, which happens before `data` is dropped (fields drop in declaration order).
-#[pin_data]
+/// freed: by the teardown of `enrolment` at the end of the binding, or on drop, before `data` is
+/// dropped. `enrolment` has left (or been torn down) before anything is dropped.
+#[pin_data(PinnedDrop)]
 pub struct Shrinker<T: Shrink> {
     raw: RawShrinker,
+    #[pin]
+    enrolment: Enrolment,
     #[pin]
     data: T,
     // The C structure points to `data`.
@@ -203,12 +284,26 @@ pub struct Shrinker<T: Shrink> {
     _pin: PhantomPinned,
 }
 
+/// The teardown of every `Shrinker<T>` at the end of its binding, leaked or not.
+///
+/// # Safety
+///
+/// `e` must be the `enrolment` of a live `Shrinker<T>`, which stays alive for the call.
+unsafe fn revoke_callback<T: Shrink>(e: *const Enrolment) {
+    // SAFETY: `e` is the `enrolment` field of a `Shrinker<T>` per the safety requirements, so the
+    // container is in the same allocation and alive.
+    let this = unsafe { &*crate::container_of!(e.cast_mut(), Shrinker<T>, enrolment) };
+    this.raw.free();
+}
+
 impl<T: Shrink> Shrinker<T> {
     /// Allocates a shrinker named `name` (shown in debugfs with `CONFIG_SHRINKER_DEBUG`) whose
-    /// callbacks run on `data`, and registers it once `data` is in place.
+    /// callbacks run on `data`, and registers it once `data` is in place, for the span of
+    /// `binding` at most. `ENODEV` if the binding has ended already.
     ///
     /// Reclaim may call the callbacks as soon as the initialiser completes.
     pub fn new<'a, E>(
+        binding: Binding<'a>,
         name: &'a CStr,
         data: impl PinInit<T, E> + 'a,
     ) -> impl PinInit<Self, Error> + 'a
@@ -221,25 +316,35 @@ impl<T: Shrink> Shrinker<T> {
             let raw = RawShrinker::alloc(name)?;
             Ok(try_pin_init!(Self {
                 raw,
+                // SAFETY: `revoke_callback::<T>` may be called with this enrolment for as long
+                // as it is enrolled: the drop of `Self` leaves first (type invariant), and it
+                // frees `raw` as the drop does.
+                enrolment <- unsafe { Enrolment::new(revoke_callback::<T>) },
                 data <- data,
                 _pin: PhantomPinned,
             }? Error)
-            .pin_chain(|this| {
-                let raw = this.raw.0.as_ptr();
-                let data = core::ptr::from_ref(&this.data).cast_mut();
-                // SAFETY: `raw` is allocated and not registered yet, so nothing else reads these
-                // fields. `data` is pinned: it stays at this address until `this` is dropped,
-                // and `raw` is unregistered (and its callbacks waited for) before that.
-                unsafe {
-                    (*raw).count_objects = Some(count_callback::<T>);
-                    (*raw).scan_objects = Some(scan_callback::<T>);
-                    (*raw).private_data = data.cast();
-                    // INVARIANT: Registered with the callbacks and data just set.
-                    bindings::shrinker_register(raw);
-                }
-                Ok(())
+            .pin_chain(move |this| {
+                // SAFETY: `enrolment` is a structurally pinned field of the pinned `this`.
+                let enrolment = unsafe { Pin::new_unchecked(&this.enrolment) };
+                // Before registering, so that the end of the binding covers the registration.
+                // Should the binding have ended, `this` is dropped, which frees `raw`.
+                enrolment.enrol(binding)?;
+                // SAFETY: `data` is pinned: it stays at this address until `this` is dropped,
+                // and `raw` is freed before that, or before the binding ends, whichever comes
+                // first (type invariant).
+                unsafe { this.raw.register(core::ptr::from_ref(&this.data)) }
             }))
         })
+    }
+}
+
+#[pinned_drop]
+impl<T: Shrink> PinnedDrop for Shrinker<T> {
+    fn drop(self: Pin<&mut Self>) {
+        // Off the binding's teardown list first (or after its teardown of `self`), then free the
+        // shrinker before `data` is dropped.
+        self.enrolment.leave();
+        self.raw.free();
     }
 }
 
@@ -336,7 +441,7 @@ mod tests {
 
     /// Calls the registered C callbacks the way reclaim does, asking to scan `nr_to_scan`.
     fn call(s: &Shrinker<Pool>, nr_to_scan: usize) -> (c_ulong, c_ulong, c_ulong) {
-        let raw = s.raw.0.as_ptr();
+        let raw = s.raw.ptr.as_ptr();
         let mut sc = bindings::shrink_control {
             nr_to_scan: nr_to_scan as c_ulong,
             nr_scanned: nr_to_scan as c_ulong,
@@ -365,35 +470,50 @@ mod tests {
 
     #[test]
     fn callbacks_reach_the_data() -> Result {
-        let s = KBox::pin_init(Shrinker::new(c"rust-kunit-shrinker", pool(10)), GFP_KERNEL)?;
-        // Real reclaim may run the callbacks too, but it cannot add objects: at most 10 left.
-        let (counted, freed, scanned) = call(&s, 4);
-        assert!(counted <= 10);
-        assert!(freed <= 4);
-        assert_eq!(scanned, freed);
-        assert!(s.spare.load(Relaxed) <= 6);
-        Ok(())
+        crate::binding::scope(|binding| -> Result {
+            let s = KBox::pin_init(
+                Shrinker::new(binding, c"rust-kunit-shrinker", pool(10)),
+                GFP_KERNEL,
+            )?;
+            // Real reclaim may run the callbacks too, but it cannot add objects: at most 10 left.
+            let (counted, freed, scanned) = call(&s, 4);
+            assert!(counted <= 10);
+            assert!(freed <= 4);
+            assert_eq!(scanned, freed);
+            assert!(s.spare.load(Relaxed) <= 6);
+            Ok(())
+        })
     }
 
     #[test]
     fn scan_asks_for_nr_to_scan_and_frees_at_most_what_is_there() -> Result {
-        let s = KBox::pin_init(Shrinker::new(c"rust-kunit-shrinker", pool(3)), GFP_KERNEL)?;
-        let (_, freed, _) = call(&s, 1000);
-        assert!(freed <= 3);
-        assert_eq!(s.spare.load(Relaxed), 0);
-        // Reclaim cannot have scanned after us: the pool is empty, so it counts nothing.
-        assert_eq!(s.asked.load(Relaxed), 1000);
-        Ok(())
+        crate::binding::scope(|binding| -> Result {
+            let s = KBox::pin_init(
+                Shrinker::new(binding, c"rust-kunit-shrinker", pool(3)),
+                GFP_KERNEL,
+            )?;
+            let (_, freed, _) = call(&s, 1000);
+            assert!(freed <= 3);
+            assert_eq!(s.spare.load(Relaxed), 0);
+            // Reclaim cannot have scanned after us: the pool is empty, so it counts nothing.
+            assert_eq!(s.asked.load(Relaxed), 1000);
+            Ok(())
+        })
     }
 
     #[test]
     fn stop_is_shrink_stop() -> Result {
-        let s = KBox::pin_init(Shrinker::new(c"rust-kunit-shrinker", pool(5)), GFP_KERNEL)?;
-        s.stop.store(true, Relaxed);
-        let (_, freed, _) = call(&s, 2);
-        assert_eq!(freed, SHRINK_STOP);
-        assert_eq!(s.spare.load(Relaxed), 5);
-        Ok(())
+        crate::binding::scope(|binding| -> Result {
+            let s = KBox::pin_init(
+                Shrinker::new(binding, c"rust-kunit-shrinker", pool(5)),
+                GFP_KERNEL,
+            )?;
+            s.stop.store(true, Relaxed);
+            let (_, freed, _) = call(&s, 2);
+            assert_eq!(freed, SHRINK_STOP);
+            assert_eq!(s.spare.load(Relaxed), 5);
+            Ok(())
+        })
     }
 
     #[test]
@@ -408,7 +528,50 @@ mod tests {
         // SAFETY: The closure initialises nothing and fails, which `pin_init_from_closure` allows.
         let failing =
             unsafe { pin_init::pin_init_from_closure::<Pool, Error>(|_slot| Err(EINVAL)) };
-        let r = KBox::pin_init(Shrinker::new(c"rust-kunit-shrinker", failing), GFP_KERNEL);
-        assert_eq!(r.err(), Some(EINVAL));
+        crate::binding::scope(|binding| {
+            let r = KBox::pin_init(
+                Shrinker::new(binding, c"rust-kunit-shrinker", failing),
+                GFP_KERNEL,
+            );
+            assert_eq!(r.err(), Some(EINVAL));
+        });
+    }
+
+    #[test]
+    fn a_leaked_shrinker_is_freed_when_its_binding_ends() -> Result {
+        let mut leaked: *const Shrinker<Pool> = core::ptr::null();
+        crate::binding::scope(|binding| -> Result {
+            let s = KBox::pin_init(
+                Shrinker::new(binding, c"rust-kunit-shrinker", pool(4)),
+                GFP_KERNEL,
+            )?;
+            assert_eq!(s.raw.state.load(Relaxed), REGISTERED);
+            // What `core::mem::forget` of the box does: its drop never runs.
+            // SAFETY: The value is not moved: the box is only turned into a pointer, dropped
+            // below.
+            leaked = KBox::into_raw(unsafe { Pin::into_inner_unchecked(s) });
+            Ok(())
+        })?;
+        // SAFETY: The leaked box is alive until it is rebuilt and dropped below.
+        let s = unsafe { &*leaked };
+        // Unregistered and freed by the end of the binding: reclaim calls it no more.
+        assert_eq!(s.raw.state.load(Relaxed), FREED);
+        // SAFETY: `leaked` comes from `KBox::into_raw` and is not used afterwards.
+        drop(unsafe { KBox::from_raw(leaked.cast_mut()) });
+        Ok(())
+    }
+
+    #[test]
+    fn no_shrinker_once_its_binding_has_ended() {
+        pin_init::stack_pin_init!(let teardown = crate::binding::Teardown::new());
+        // SAFETY: `teardown` is pinned on this frame and runs right away, before anything the
+        // binding could cover goes away.
+        let binding = unsafe { crate::binding::Teardown::binding(core::ptr::from_ref(&*teardown)) };
+        teardown.run();
+        let r = KBox::pin_init(
+            Shrinker::new(binding, c"rust-kunit-shrinker", pool(1)),
+            GFP_KERNEL,
+        );
+        assert_eq!(r.err(), Some(ENODEV));
     }
 }

@@ -55,6 +55,7 @@
 //! [`include/linux/virtio_config.h`](srctree/include/linux/virtio_config.h)
 
 use crate::{
+    binding::{Binding, Teardown},
     bindings, device,
     device_id::RawDeviceId,
     driver,
@@ -109,6 +110,12 @@ pub struct Adapter<T: Driver>(T);
 /// It wraps the driver's own data with the per-device state the abstraction needs for callbacks
 /// and deferred work. Fields are dropped in declaration order: the driver's data (and with it the
 /// virtqueues) goes first, the per-device state, which callbacks look at, last.
+///
+/// # Invariants
+///
+/// `state` is the state of the device whose driver data this is, attached to it (`priv`) by
+/// `probe_callback`, and it outlives `data`; while `data` is published in `state`, callbacks reach
+/// it through the published pointer.
 #[doc(hidden)]
 #[pin_data]
 pub struct DriverData<D> {
@@ -240,7 +247,12 @@ impl<T: Driver> Adapter<T> {
                 GFP_KERNEL,
             )?;
 
-            let data = T::probe(dev);
+            // SAFETY: The teardown is pinned in the boxed state, which lives until after the
+            // driver's data is dropped; it is run at the end of `remove_callback`, before the data
+            // is dropped, or, if probe fails, by the drop of the state, before anything the
+            // driver could have borrowed for the binding (the device, its queues) goes away.
+            let binding = unsafe { Teardown::binding(core::ptr::from_ref(&state.teardown)) };
+            let data = T::probe(dev, binding);
             dev.as_ref().set_drvdata(DriverData::new(data, state))?;
 
             // SAFETY: `set_drvdata()` just stored a `Pin<KBox<DriverData<T::Data<'_>>>>`.
@@ -278,6 +290,10 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: `data` is structurally pinned in the pinned `DriverData`.
         let data = unsafe { dd.map_unchecked(|d| &d.data) };
         T::unbind(dev, data);
+
+        // The binding ends: whatever the driver registered through it and did not drop yet
+        // (leaked or not) is torn down now, while its queues still work.
+        dd.state.teardown.run();
 
         // From here on callbacks find no data; the device is stopped, and callbacks that already
         // found the data are waited for, before the data is dropped after this function.
@@ -414,9 +430,14 @@ impl<T: Driver> Adapter<T> {
 /// - `own_wq` is NULL or a workqueue allocated by [`Device::alloc_own_workqueue`], set once and
 ///   destroyed when the state is dropped, after all work items were cancelled.
 /// - `stop` is the device's, shared with every [`Virtqueue`] set made by [`Device::find_vqs`].
+/// - `teardown` is the driver's [`Binding`]: it is run at the end of `remove`, before the
+///   driver's data is dropped and the queues deleted, or, if probe failed, when this state is
+///   dropped, before leaked queues are deleted.
 #[pin_data(PinnedDrop)]
 struct DeviceState {
     vdev: *mut bindings::virtio_device,
+    #[pin]
+    teardown: Teardown,
     stop: Arc<DeviceStop>,
     data: Atomic<*mut c_void>,
     #[pin]
@@ -434,6 +455,12 @@ unsafe impl Send for DeviceState {}
 unsafe impl Sync for DeviceState {}
 
 /// One deferred work item of a device.
+///
+/// # Invariants
+///
+/// - `work` is initialised with `device_work_fn` by [`DeviceState::new`], in the pinned `works`
+///   of the state that owns it, and is cancelled before that state is dropped.
+/// - `vdev` is the device of that state and `id` the item's index in `works`.
 #[repr(C)]
 struct DeviceWork {
     work: Opaque<bindings::work_struct>,
@@ -451,6 +478,7 @@ impl DeviceState {
         let init = move |stop: Arc<DeviceStop>, works: KVec<DeviceWork>| {
             try_pin_init!(Self {
                 vdev,
+                teardown <- Teardown::new(),
                 stop,
                 data: Atomic::new(core::ptr::null_mut()),
                 stopped <- new_spinlock_irq!(false, "virtio::DeviceState::stopped"),
@@ -579,6 +607,8 @@ impl DeviceState {
 #[pinned_drop]
 impl PinnedDrop for DeviceState {
     fn drop(self: Pin<&mut Self>) {
+        // A failed probe ends the binding here; after `remove` this does nothing.
+        self.teardown.run();
         self.stop_work();
         let wq = self.own_wq.xchg(core::ptr::null_mut(), Full);
         if !wq.is_null() {
@@ -722,6 +752,11 @@ macro_rules! virtio_device_table {
 ///
 /// At that point the virtio core has intersected the device's features with the driver's feature
 /// table; the driver may still drop some before they are written back to the device.
+///
+/// # Invariants
+///
+/// `vdev` is valid for `'a`, being probed by a driver of this abstraction in its `validate`
+/// callback, with the device lock held: nothing else changes its features meanwhile.
 pub struct FeatureNegotiation<'a> {
     vdev: *mut bindings::virtio_device,
     _p: PhantomData<&'a ()>,
@@ -754,7 +789,7 @@ impl<'a> FeatureNegotiation<'a> {
 /// # Examples
 ///
 /// ```
-/// use kernel::{bindings, device::Core, prelude::*, virtio};
+/// use kernel::{binding::Binding, bindings, device::Core, prelude::*, virtio};
 ///
 /// struct MyDriver;
 ///
@@ -767,6 +802,7 @@ impl<'a> FeatureNegotiation<'a> {
 ///
 ///     fn probe<'bound>(
 ///         dev: &'bound virtio::Device<Core<'_>>,
+///         _binding: Binding<'bound>,
 ///     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
 ///         dev_info!(dev, "stats: {}\n", dev.has_feature(bindings::VIRTIO_BALLOON_F_STATS_VQ));
 ///         Ok(())
@@ -803,8 +839,13 @@ pub trait Driver {
     /// The device is not live yet: queues may be created and filled (and kicked), but the device
     /// is only marked `DRIVER_OK` once the returned data is stored, after which
     /// [`Driver::ready`] is called.
+    ///
+    /// `binding` is the span of this binding, for registrations whose callbacks run on data that
+    /// borrows from it (`kernel::balloon::BalloonDevInfo`, `kernel::shrinker::Shrinker`): they
+    /// are torn down when it ends, after [`Driver::unbind`], whether or not they were dropped.
     fn probe<'bound>(
         dev: &'bound Device<device::Core<'_>>,
+        binding: Binding<'bound>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound;
 
     /// Called once the device is live, after probe and after restore.

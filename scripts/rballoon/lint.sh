@@ -6,6 +6,8 @@
 #    flags different lines of them (1.85's undocumented_unsafe_blocks wants a comment where
 #    newer ones do not), so their warnings are counted and shown, never failed on;
 #  - rustdoc: the kernel crate's documentation builds without warnings;
+#  - a registration leaked on data that lives shorter than its binding does not compile
+#    (tools/testing/rballoon/compile-fail/);
 #  - the driver has no unsafe code: `unsafe` belongs in the abstractions. rustc enforces it
 #    (`#![forbid(unsafe_code)]`, checked to be there below);
 #  - the series as `make patches` writes it: patches/ numbered in series order, the kernel's
@@ -84,6 +86,34 @@ forbid_unsafe_in_driver() {
 	done
 	return $bad
 }
+# Leaking a registration cannot let its callbacks outlive what they borrow (rust/kernel/binding.rs):
+# where the type system can tell, the leak does not compile. Kernel doctests cannot be
+# `compile_fail`, so tools/testing/rballoon/compile-fail/leak_borrowed.rs is built here with the
+# driver's own rustc command line (kbuild's .cmd file of the clippy build above): it must be refused
+# ("does not live long enough") with --cfg borrow_local, and build without it (the control: the same
+# leaks on 'static data), so that a failure for any other reason is not taken for the proof.
+compile_fail_leak() {
+	local cmdfile=$out/drivers/virtio/rballoon/.rballoon.o.cmd log=$RB_LOGS/lint-compile-fail.log
+	local src=$RB_SRC/tools/testing/rballoon/compile-fail/leak_borrowed.rs dir=$out/compile-fail cmd
+	[ -f "$cmdfile" ] || { rb_log "compile-fail: no $cmdfile"; return 1; }
+	cmd=$(sed -n 's/^savedcmd_[^ ]* := //p' "$cmdfile" | sed -e 's/ ; .*//' \
+		-e "s| --out-dir .*| --crate-name leak_borrowed --out-dir $dir --emit=obj=$dir/leak.o $src|")
+	mkdir -p "$dir"
+	rc() { "$RB_REPO/scripts/rballoon/in-root.sh" bash -c "cd '$out' && RUSTC_BOOTSTRAP=1 $cmd $*" >> "$log" 2>&1; }
+	: > "$log"
+	if ! rc; then
+		tail -n 30 "$log"
+		rb_log "compile-fail: the control (leaks on 'static data) does not build (see $log)"
+		return 1
+	fi
+	: > "$log"
+	if rc --cfg borrow_local || ! grep -q 'does not live long enough' "$log"; then
+		tail -n 30 "$log"
+		rb_log "compile-fail: leaking a registration on borrowed data was not refused (see $log)"
+		return 1
+	fi
+	rb_log "lint: leaking a registration on data shorter-lived than its binding does not compile"
+}
 forbid_unsafe_in_driver ||
 	rb_die "lint: the driver's unsafe code is not forbidden (it belongs in rust/kernel/)"
 rb_log "lint: drivers/virtio/rballoon/ forbids unsafe code"
@@ -101,6 +131,7 @@ fi
 "${K[@]}" olddefconfig > /dev/null
 check rustfmt "rustfmt check" rustfmtcheck
 check_clippy "clippy (kernel crate, Rust balloon core and driver)" CLIPPY=1 prepare mm/balloon_rust.o drivers/virtio/
+compile_fail_leak || fail=1
 check rustdoc "rustdoc" rustdoc
 rb_step "checkpatch --strict and MAINTAINERS (the series as make patches writes it)" \
 	"$RB_REPO/scripts/rballoon/checkpatch.sh" || fail=1

@@ -339,4 +339,158 @@ mod tests {
         assert_eq!(with(&[bindings::VIRTIO_BALLOON_F_PAGE_POISON]), 16);
         assert_eq!(core::mem::size_of::<Cfg>(), 16);
     }
+
+    /// A made-up device with just what `ConfigSpace` and `Device::has_feature` look at: a
+    /// transport whose `get`/`set` serve `cfg` and record how far they were asked to go, the
+    /// negotiated features, and a bound driver with a feature table.
+    #[repr(C)]
+    struct FakeDevice {
+        vdev: bindings::virtio_device,
+        drv: bindings::virtio_driver,
+        ops: bindings::virtio_config_ops,
+        cfg: [u8; 16],
+        /// One past the furthest byte the transport was asked for.
+        reached: usize,
+    }
+
+    // SAFETY: Every field is an integer, a pointer, an optional function pointer or made of them.
+    unsafe impl Zeroable for FakeDevice {}
+
+    /// The driver's feature table: the stats queue only.
+    static OFFERED: [u32; 1] = [bindings::VIRTIO_BALLOON_F_STATS_VQ];
+
+    /// # Safety
+    ///
+    /// `vdev` must be the `vdev` of a live `FakeDevice` and `buf` valid for `len` bytes of
+    /// writes.
+    unsafe extern "C" fn fake_get(
+        vdev: *mut bindings::virtio_device,
+        offset: crate::ffi::c_uint,
+        buf: *mut crate::ffi::c_void,
+        len: crate::ffi::c_uint,
+    ) {
+        // SAFETY: `vdev` is the first field of a live `FakeDevice`, which is `repr(C)`.
+        let fake = unsafe { &mut *vdev.cast::<FakeDevice>() };
+        let (offset, len) = (offset as usize, len as usize);
+        fake.reached = fake.reached.max(offset + len);
+        if let Some(bytes) = fake.cfg.get(offset..offset + len) {
+            // SAFETY: `buf` is valid for `len` bytes of writes per the safety requirements.
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast(), len) };
+        }
+    }
+
+    /// # Safety
+    ///
+    /// `vdev` must be the `vdev` of a live `FakeDevice` and `buf` valid for `len` bytes of reads.
+    unsafe extern "C" fn fake_set(
+        vdev: *mut bindings::virtio_device,
+        offset: crate::ffi::c_uint,
+        buf: *const crate::ffi::c_void,
+        len: crate::ffi::c_uint,
+    ) {
+        // SAFETY: `vdev` is the first field of a live `FakeDevice`, which is `repr(C)`.
+        let fake = unsafe { &mut *vdev.cast::<FakeDevice>() };
+        let (offset, len) = (offset as usize, len as usize);
+        fake.reached = fake.reached.max(offset + len);
+        if let Some(bytes) = fake.cfg.get_mut(offset..offset + len) {
+            // SAFETY: `buf` is valid for `len` bytes of reads per the safety requirements.
+            unsafe { core::ptr::copy_nonoverlapping(buf.cast(), bytes.as_mut_ptr(), len) };
+        }
+    }
+
+    /// Runs `f` on a made-up balloon device that negotiated `features`, with `cfg` as its
+    /// configuration space; returns what `f` returned and how far the transport was asked to go.
+    fn with_fake<R>(
+        features: &[u32],
+        cfg: [u8; 16],
+        f: impl FnOnce(&Device<Bound>) -> R,
+    ) -> Result<(R, usize)> {
+        let raw = KBox::into_raw(KBox::init(
+            pin_init::init_zeroed::<FakeDevice>(),
+            GFP_KERNEL,
+        )?);
+        // SAFETY: `raw` is a live allocation of ours until it is rebuilt below; nothing else
+        // knows of it, and the references made here do not outlive this block.
+        unsafe {
+            let fake = &mut *raw;
+            fake.cfg = cfg;
+            fake.ops.get = Some(fake_get);
+            fake.ops.set = Some(fake_set);
+            fake.vdev.config = &raw const fake.ops;
+            for &bit in features {
+                fake.vdev.__bindgen_anon_1.features_array[(bit / 64) as usize] |= 1 << (bit % 64);
+            }
+            fake.drv.feature_table = OFFERED.as_ptr();
+            fake.drv.feature_table_size = OFFERED.len() as u32;
+            fake.vdev.dev.driver = &raw mut fake.drv.driver;
+        }
+        // SAFETY: `Device` is a transparent wrapper of `struct virtio_device`; the made-up device
+        // is "bound" (it has a driver) for as long as `f` runs, and lives until after it.
+        let dev = unsafe { &*raw.cast::<Device<Bound>>() };
+        let r = f(dev);
+        // SAFETY: `raw` came from `KBox::into_raw` and nothing refers to it any more.
+        let fake = unsafe { KBox::from_raw(raw) };
+        Ok((r, fake.reached))
+    }
+
+    type Balloon = bindings::virtio_balloon_config;
+    const NUM_PAGES: usize = core::mem::offset_of!(Balloon, num_pages);
+    const HINT_CMD_ID: usize = core::mem::offset_of!(Balloon, __bindgen_anon_1);
+    const POISON_VAL: usize = core::mem::offset_of!(Balloon, poison_val);
+
+    #[test]
+    fn a_field_the_device_lacks_is_enoent_and_never_reaches_the_transport() -> Result {
+        let mut cfg = [0u8; 16];
+        cfg[..4].copy_from_slice(&7u32.to_le_bytes());
+        cfg[8..12].copy_from_slice(&9u32.to_le_bytes());
+        // Without FREE_PAGE_HINT and PAGE_POISON the balloon has 8 bytes: reading the hint id
+        // or writing the poison value would go past the transport's window on virtio-mmio.
+        let (r, reached) = with_fake(&[], cfg, |dev| {
+            let c = dev.config::<Balloon>()?;
+            Ok::<_, Error>((
+                c.read::<u32, NUM_PAGES>()?,
+                c.read::<u32, HINT_CMD_ID>(),
+                c.write::<u32, POISON_VAL>(0xaa),
+            ))
+        })?;
+        let (target, hint, poison) = r?;
+        assert_eq!(target, 7);
+        assert_eq!(hint, Err(ENOENT));
+        assert_eq!(poison, Err(ENOENT));
+        assert_eq!(reached, 4);
+        // With hinting the id is there (12 bytes), the poison value still is not.
+        let (r, reached) = with_fake(&[bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT], cfg, |dev| {
+            let c = dev.config::<Balloon>()?;
+            Ok::<_, Error>((c.read::<u32, HINT_CMD_ID>(), c.read::<u32, POISON_VAL>()))
+        })?;
+        let (hint, poison) = r?;
+        assert_eq!(hint, Ok(9));
+        assert_eq!(poison, Err(ENOENT));
+        assert_eq!(reached, 12);
+        Ok(())
+    }
+
+    #[test]
+    fn a_feature_the_driver_never_offered_is_false_not_bug() -> Result {
+        // The device negotiated a bit the driver's table lacks (the virtio core would not, but a
+        // driver may well ask about one): C's `virtio_has_feature()` BUG()s on the question.
+        let features = [
+            bindings::VIRTIO_BALLOON_F_STATS_VQ,
+            bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM,
+        ];
+        let ((stats, oom, reporting), _) = with_fake(&features, [0; 16], |dev| {
+            (
+                dev.has_feature(bindings::VIRTIO_BALLOON_F_STATS_VQ),
+                dev.has_feature(bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM),
+                dev.has_feature(bindings::VIRTIO_BALLOON_F_REPORTING),
+            )
+        })?;
+        assert!(stats);
+        assert!(!oom);
+        assert!(!reporting);
+        // The set itself says what was negotiated, offered or not.
+        let (set, _) = with_fake(&features, [0; 16], |dev| dev.features())?;
+        assert!(set.contains(bindings::VIRTIO_BALLOON_F_DEFLATE_ON_OOM));
+        Ok(())
+    }
 }

@@ -146,6 +146,11 @@ unsafe impl LentScatterList for crate::balloon::ReportedPages<'_> {
 /// The queues found by one call of [`Device::find_vqs`], to be taken out one by one.
 ///
 /// The queues are deleted together once this and all [`Virtqueue`]s taken from it are dropped.
+///
+/// # Invariants
+///
+/// Each `Some` in `vqs` is a live queue of `set`, found by `find_vqs` for a device bound for
+/// `'a` and not yet taken: no [`Virtqueue`] refers to it.
 pub struct Virtqueues<'a> {
     set: Arc<VirtqueueSet>,
     vqs: KVec<Option<NonNull<bindings::virtqueue>>>,

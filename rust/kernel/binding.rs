@@ -75,15 +75,20 @@ pub struct Binding<'b> {
 ///
 /// # Invariants
 ///
-/// Every `Enrolment` on `list` is pinned and in state `LINKED` or, while `run()` tears it
-/// down, `REVOKING`; once `closed`, nothing is added.
+/// Every `Enrolment` on `list` is pinned, alive and in state `LINKED`; one that `run()` takes off
+/// is `REVOKING` until its teardown is over. Once `closed`, nothing is added.
 #[pin_data(PinnedDrop)]
 pub struct Teardown {
     #[pin]
     list: Mutex<List>,
 }
 
-/// The enrolments of a [`Teardown`], linked through [`Enrolment::next`].
+/// The enrolments of a [`Teardown`], linked through their `next`.
+///
+/// # Invariants
+///
+/// `first` is NULL or the first of a NULL-terminated chain of pinned, live enrolments in state
+/// `LINKED`, each on this list only.
 struct List {
     first: *const Enrolment,
     closed: bool,

@@ -37,8 +37,9 @@
 //! })
 //! ```
 //!
-//! (Kernel doctests cannot be `compile_fail`; `make lint` of the rballoon tree builds this one as
-//! a module and checks that rustc rejects it with E0597.)
+//! (Kernel doctests cannot be `compile_fail`; `make lint` of the rballoon tree builds the same
+//! leak, `tools/testing/rballoon/compile-fail/leak_borrowed.rs`, with a driver's rustc command line
+//! and checks that rustc refuses it: "does not live long enough".)
 //!
 //! Bus abstractions own the `Teardown` of each bound device and call [`Teardown::run`] on unbind
 //! (the virtio bus: after the driver's `unbind`, before its data is dropped and its queues

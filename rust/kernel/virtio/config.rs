@@ -359,6 +359,25 @@ mod tests {
     /// The driver's feature table: the stats queue only.
     static OFFERED: [u32; 1] = [bindings::VIRTIO_BALLOON_F_STATS_VQ];
 
+    /// The bytes of the made-up device's configuration a transport access asks for, `None` past
+    /// its end; records how far it went.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be the `vdev` of a live `FakeDevice` that nothing else uses meanwhile.
+    unsafe fn fake_window<'a>(
+        vdev: *mut bindings::virtio_device,
+        offset: crate::ffi::c_uint,
+        len: crate::ffi::c_uint,
+    ) -> Option<&'a mut [u8]> {
+        // SAFETY: `vdev` is the first field of a live `FakeDevice`, which is `repr(C)`, used by
+        // nothing else per the safety requirements.
+        let fake = unsafe { &mut *vdev.cast::<FakeDevice>() };
+        let (offset, len) = (offset as usize, len as usize);
+        fake.reached = fake.reached.max(offset + len);
+        fake.cfg.get_mut(offset..offset + len)
+    }
+
     /// # Safety
     ///
     /// `vdev` must be the `vdev` of a live `FakeDevice` and `buf` valid for `len` bytes of
@@ -369,13 +388,10 @@ mod tests {
         buf: *mut crate::ffi::c_void,
         len: crate::ffi::c_uint,
     ) {
-        // SAFETY: `vdev` is the first field of a live `FakeDevice`, which is `repr(C)`.
-        let fake = unsafe { &mut *vdev.cast::<FakeDevice>() };
-        let (offset, len) = (offset as usize, len as usize);
-        fake.reached = fake.reached.max(offset + len);
-        if let Some(bytes) = fake.cfg.get(offset..offset + len) {
+        // SAFETY: Per the safety requirements.
+        if let Some(bytes) = unsafe { fake_window(vdev, offset, len) } {
             // SAFETY: `buf` is valid for `len` bytes of writes per the safety requirements.
-            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast(), len) };
+            unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast(), bytes.len()) };
         }
     }
 
@@ -388,13 +404,10 @@ mod tests {
         buf: *const crate::ffi::c_void,
         len: crate::ffi::c_uint,
     ) {
-        // SAFETY: `vdev` is the first field of a live `FakeDevice`, which is `repr(C)`.
-        let fake = unsafe { &mut *vdev.cast::<FakeDevice>() };
-        let (offset, len) = (offset as usize, len as usize);
-        fake.reached = fake.reached.max(offset + len);
-        if let Some(bytes) = fake.cfg.get_mut(offset..offset + len) {
+        // SAFETY: Per the safety requirements.
+        if let Some(bytes) = unsafe { fake_window(vdev, offset, len) } {
             // SAFETY: `buf` is valid for `len` bytes of reads per the safety requirements.
-            unsafe { core::ptr::copy_nonoverlapping(buf.cast(), bytes.as_mut_ptr(), len) };
+            unsafe { core::ptr::copy_nonoverlapping(buf.cast(), bytes.as_mut_ptr(), bytes.len()) };
         }
     }
 

@@ -11,7 +11,6 @@
 #include <linux/list.h>
 #include <linux/mm.h>
 #include <linux/mmzone.h>
-#include <linux/scatterlist.h>
 #include <linux/stddef.h>
 #include <linux/swap.h>
 #include <linux/vmstat.h>
@@ -141,11 +140,6 @@ rust_helper_balloon_isolated_pages(const struct balloon_dev_info *b_dev_info)
 	return data_race(READ_ONCE(b_dev_info->isolated_pages));
 }
 
-__rust_helper struct page *rust_helper_balloon_sg_page(struct scatterlist *sg)
-{
-	return sg_page(sg);
-}
-
 __rust_helper bool rust_helper_balloon_want_init_on_free(void)
 {
 	return want_init_on_free();
@@ -154,9 +148,4 @@ __rust_helper bool rust_helper_balloon_want_init_on_free(void)
 __rust_helper bool rust_helper_balloon_page_poisoning_enabled_static(void)
 {
 	return page_poisoning_enabled_static();
-}
-
-__rust_helper unsigned long rust_helper_balloon_global_node_page_state(enum node_stat_item item)
-{
-	return global_node_page_state(item);
 }

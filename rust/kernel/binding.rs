@@ -50,7 +50,7 @@ use crate::{
     new_mutex,
     prelude::*,
     sync::{
-        atomic::{Acquire, Atomic, Relaxed, Release},
+        atomic::{Acquire, Atomic, Full, Relaxed, Release},
         Mutex,
     },
     time::{delay::fsleep, Delta},
@@ -289,6 +289,56 @@ impl Enrolment {
                 }
                 _ => fsleep(Delta::from_millis(1)),
             }
+        }
+    }
+}
+/// Whether a registration that a binding can end (an OOM notifier, a page reporting device) is
+/// off, on, or changing.
+///
+/// One (un)registration claims it at a time and settles it when done; whoever ends the
+/// registration for good first waits for a change in progress. Claiming is fully ordered, so an
+/// owner that sets its own "ended" flag, fully ordered, before looking here either sees the
+/// claim (and waits for it) or is seen by the claimant, which looks at the flag after claiming.
+pub(crate) struct Switch(Atomic<i32>);
+
+/// [`Switch`]: not registered.
+const SWITCH_OFF: i32 = 0;
+/// [`Switch`]: being registered or unregistered.
+const SWITCH_CHANGING: i32 = 1;
+/// [`Switch`]: registered.
+const SWITCH_ON: i32 = 2;
+
+impl Switch {
+    /// Off.
+    pub(crate) fn new() -> Self {
+        Self(Atomic::new(SWITCH_OFF))
+    }
+
+    /// Claims an off switch to register; `false` if it was not off.
+    pub(crate) fn claim_off(&self) -> bool {
+        self.0.cmpxchg(SWITCH_OFF, SWITCH_CHANGING, Full).is_ok()
+    }
+
+    /// Claims an on switch to unregister; `false` if it was not on.
+    pub(crate) fn claim_on(&self) -> bool {
+        self.0.cmpxchg(SWITCH_ON, SWITCH_CHANGING, Full).is_ok()
+    }
+
+    /// Ends a claim: registered (`on`) or not.
+    pub(crate) fn settle(&self, on: bool) {
+        self.0
+            .store(if on { SWITCH_ON } else { SWITCH_OFF }, Release);
+    }
+
+    /// Whether it is on (and no claim in progress).
+    pub(crate) fn is_on(&self) -> bool {
+        self.0.load(Acquire) == SWITCH_ON
+    }
+
+    /// Waits until no claim is in progress. May sleep.
+    pub(crate) fn wait_settled(&self) {
+        while self.0.load(Acquire) == SWITCH_CHANGING {
+            fsleep(Delta::from_millis(1));
         }
     }
 }

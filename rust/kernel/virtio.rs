@@ -14,9 +14,15 @@
 //!   run while the driver data exists: the device is marked `DRIVER_OK` only once the data is
 //!   stored, and on removal work is cancelled, the device reset and the callbacks synchronised
 //!   before the data is dropped.
-//! - Virtqueues are deleted (`del_vqs`) when the last [`Virtqueue`] of a [`Virtqueues`] set is
-//!   dropped, after the device has been stopped, and the buffers still queued are given back and
-//!   dropped then.
+//! - Queue callbacks and work items are named by the driver's own types ([`Driver::Queue`],
+//!   [`Driver::Work`], fieldless enums declared with [`virtio_ids!`](crate::virtio_ids)), never by
+//!   number.
+//! - The bus, not a queue, stops (resets) the device: on removal, after [`Driver::freeze`], on
+//!   shutdown and when probe fails. Dropping a [`Virtqueue`] leaves the device alone; the buffers
+//!   still queued stay the device's until then, and are given back and dropped when the queues
+//!   are deleted (`del_vqs`), once the bus has stopped the device and the driver dropped every
+//!   queue of the set. (The one exception: [`Virtqueue::lend_inbuf_sg`] stops a device that
+//!   keeps lent memory past the driver's patience, since only then is the memory safe to reuse.)
 //! - Only the abstraction resets the device, and always the same way: it marks the queues broken
 //!   first (`virtio_break_device()`, so that nothing kicks a reset device and no callback runs
 //!   on it), waits for running callbacks, then resets. Whether the device was stopped is
@@ -26,28 +32,28 @@
 //!
 //! - [`Driver`]: `Data<'bound>` (the device data, `Send + Sync`), `ID_TABLE`
 //!   ([`virtio_device_table!`](crate::virtio_device_table) of [`DeviceId`]s), `FEATURES`,
-//!   `FEATURES_LEGACY`, `WORK_ITEMS`; callbacks `validate` ([`FeatureNegotiation`]: `has`,
-//!   `clear`, `device`), `probe`, `ready` (device live, after probe and restore), `unbind`,
-//!   `config_changed` (atomic), `vq_callback(queue position)` (interrupt), `work(id)`,
-//!   `shutdown`, `freeze`, `restore`.
+//!   `FEATURES_LEGACY`, `Queue` and `Work` ([`Ids`], or [`NoIds`]); callbacks `validate`
+//!   ([`FeatureNegotiation`]: `has`, `clear`, `device`), `probe`, `ready` (device live, after
+//!   probe and restore), `unbind`, `config_changed` (atomic), `vq_callback(Queue)` (interrupt),
+//!   `work(Work)`, `shutdown`, `freeze`, `restore`.
 //! - [`Device`]: `device_id`, `vendor_id`; bound: `has_feature` (`false`, not `BUG()`, for a bit
 //!   the driver never offered), `features` ([`Features`], a set), `endian` ([`Endian`]),
 //!   `has_config_access`, `config::<Layout>()` ([`ConfigSpace`]: `read::<u8|u16|u32|u64,
 //!   OFFSET>()`, `write`, offsets checked at compile time against a [`ConfigLayout`] and at run
 //!   time against what the device has with its features),
-//!   `queue_work(id)` (freezable system workqueue; refused before `ready` and while going away),
-//!   `queue_own_work(id)` (the device's own workqueue, for long CPU-bound work);
-//!   core: `find_vqs(&[VirtqueueInfo])`, `alloc_own_workqueue(name)`.
-//! - [`VirtqueueInfo`]: `new(name)`, `without_callback(name)`, `absent()`, `new_if(bool, name)`.
-//!   [`Virtqueues`]: `take::<T>(position)`, `has(position)`.
+//!   `queue_work(Work)` (freezable system workqueue; refused before `ready` and while going away),
+//!   `queue_own_work(Work)` (the device's own workqueue, for long CPU-bound work);
+//!   core: `find_vqs(&[VirtqueueInfo<Queue>])`, `alloc_own_workqueue(name)`.
+//! - [`VirtqueueInfo`]: `new(queue, name)`, `without_callback(queue, name)`, `absent(queue)`,
+//!   `new_if(bool, queue, name)`. [`Virtqueues`]: `take::<T>(queue)`, `has(queue)`.
 //! - [`Virtqueue<T>`](Virtqueue), buffers are `KBox<T>`: `add_outbuf` (`T:` [`OutBuffer`]),
 //!   `add_inbuf` (`T:` [`InBuffer`]), `lend_inbuf_sg` (a borrowed [`LentScatterList`], e.g. free
 //!   pages to report), unsafe `add_inbuf_sg`, `get_buf -> (KBox<T>, len)`, `kick`,
 //!   `kick_prepare`, `notify`, `size`, `num_free`, `index`, `disable_cb`, `enable_cb`,
 //!   `is_broken`; `add_inbuf_pages` lends a [`PageBlock`] (`T:` [`PageBuffer`]),
 //!   `hint_pages` tells the device where one is without lending it (devices that address
-//!   guest-physical memory, `addresses_guest_memory`). Dropping a queue stops the device and frees
-//!   the buffers still queued; dropping the last one of a set deletes the queues. Both may sleep.
+//!   guest-physical memory, `addresses_guest_memory`). The queues of a set are deleted, and the
+//!   buffers still queued freed, once all are dropped and the bus stopped the device (may sleep).
 //! - [`PageBlock`]: `alloc_if_free(order)` (a free block if one is at hand, never reclaiming),
 //!   `order`, `pages`, `bytes`; freed on drop.
 //!
@@ -61,15 +67,17 @@ use crate::{
     driver,
     error::{from_result, to_result},
     ffi::c_void,
+    new_mutex,
     prelude::*,
     sync::{
         atomic::{Acquire, Atomic, Full, Release},
-        new_spinlock_irq, Arc, SpinLockIrq,
+        new_spinlock_irq, Arc, Mutex, SpinLockIrq,
     },
     types::Opaque,
     workqueue, ThisModule,
 };
 use core::{
+    any::TypeId,
     marker::PhantomData,
     mem::offset_of,
     ptr::{addr_of_mut, NonNull},
@@ -78,13 +86,16 @@ use core::{
 mod config;
 mod device_stop;
 mod endian;
+mod ids;
 mod page_block;
 mod virtqueue;
 
 use self::device_stop::DeviceStop;
+use self::virtqueue::VirtqueueSet;
 
 pub use self::config::{ConfigLayout, ConfigSpace, ConfigValue, Features};
 pub use self::endian::Endian;
+pub use self::ids::{Ids, NoIds};
 pub use self::page_block::PageBlock;
 pub use self::virtqueue::{
     InBuffer, LentScatterList, OutBuffer, PageBuffer, Virtqueue, VirtqueueInfo, Virtqueues,
@@ -243,7 +254,7 @@ impl<T: Driver> Adapter<T> {
             // Attach the per-device state first: `find_vqs()` in the driver's probe installs its
             // callbacks. On any error below it is dropped, which detaches it again.
             let state = KBox::pin_init(
-                DeviceState::new(vdev, Self::VQ_CALLBACKS, Self::run_work, T::WORK_ITEMS),
+                DeviceState::new::<T::Queue, T::Work>(vdev, Self::VQ_CALLBACKS, Self::run_work),
                 GFP_KERNEL,
             )?;
 
@@ -302,8 +313,9 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: `vdev` is valid and bound; `remove` runs in `Core` context.
         unsafe { DeviceStop::stop_now(vdev) };
         // The queues, dropped with the data after this function, need not stop it again (which
-        // would undo the `ACKNOWLEDGE` the bus sets next).
+        // would undo the `ACKNOWLEDGE` the bus sets next), and are deleted once they are gone.
         dd.state.stop.mark_stopped();
+        dd.state.release_queues();
     }
 
     extern "C" fn shutdown_callback(vdev: *mut bindings::virtio_device) {
@@ -344,6 +356,10 @@ impl<T: Driver> Adapter<T> {
     }
 
     extern "C" fn vq_callback<const N: usize>(vq: *mut bindings::virtqueue) {
+        // `find_vqs` installs this only at positions the driver's `Queue` names.
+        let Some(queue) = T::Queue::at(N) else {
+            return;
+        };
         // SAFETY: The transport calls queue callbacks with a valid queue of a valid device.
         let vdev = unsafe { (*vq).vdev };
         // SAFETY: The callback was installed by `find_vqs()` on a device with our `DeviceState`
@@ -361,7 +377,7 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: The published pointer is the `T::Data` in the pinned `DriverData`; removal
         // unpublishes it and synchronises with running callbacks before dropping it.
         let data = unsafe { Pin::new_unchecked(&*data.cast::<T::Data<'_>>()) };
-        T::vq_callback(dev, data, N);
+        T::vq_callback(dev, data, queue);
     }
 
     /// Runs work item `id` of the device `state` belongs to.
@@ -370,6 +386,10 @@ impl<T: Driver> Adapter<T> {
     ///
     /// `state` must be the `DeviceState` of a device bound to this driver.
     unsafe fn run_work(state: &DeviceState, id: usize) {
+        // Work items are made one per name of the driver's `Work`.
+        let Some(work) = T::Work::at(id) else {
+            return;
+        };
         let Some(data) = state.data() else {
             return;
         };
@@ -378,7 +398,7 @@ impl<T: Driver> Adapter<T> {
         // SAFETY: The published pointer is the `T::Data` in the pinned `DriverData`, and removal
         // cancels all work before unpublishing and dropping it.
         let data = unsafe { Pin::new_unchecked(&*data.cast::<T::Data<'_>>()) };
-        T::work(dev, data, id);
+        T::work(dev, data, work);
     }
 
     #[cfg(CONFIG_PM_SLEEP)]
@@ -391,6 +411,8 @@ impl<T: Driver> Adapter<T> {
         let data = unsafe { dd.map_unchecked(|d| &d.data) };
         from_result(|| {
             T::freeze(dev, data)?;
+            // The device is the bus's to stop; its queues go once the driver let go of them.
+            dd.state.stop_queues();
             Ok(0)
         })
     }
@@ -430,6 +452,11 @@ impl<T: Driver> Adapter<T> {
 /// - `own_wq` is NULL or a workqueue allocated by [`Device::alloc_own_workqueue`], set once and
 ///   destroyed when the state is dropped, after all work items were cancelled.
 /// - `stop` is the device's, shared with every [`Virtqueue`] set made by [`Device::find_vqs`].
+/// - `queues` holds the set of the device's current queues from [`Device::find_vqs`] until the
+///   device is stopped (removal, freeze, failed probe).
+/// - `queue_ids` and `work_ids` are the driver's [`Driver::Queue`] and [`Driver::Work`]; `works`
+///   has one item per name of `Work`, and `vq_callbacks[i]` calls the driver with the name of
+///   position `i` of `Queue`.
 /// - `teardown` is the driver's [`Binding`]: it is run at the end of `remove`, before the
 ///   driver's data is dropped and the queues deleted, or, if probe failed, when this state is
 ///   dropped, before leaked queues are deleted.
@@ -439,6 +466,10 @@ struct DeviceState {
     #[pin]
     teardown: Teardown,
     stop: Arc<DeviceStop>,
+    #[pin]
+    queues: Mutex<Option<Arc<VirtqueueSet>>>,
+    queue_ids: TypeId,
+    work_ids: TypeId,
     data: Atomic<*mut c_void>,
     #[pin]
     stopped: SpinLockIrq<bool>,
@@ -469,17 +500,20 @@ struct DeviceWork {
 }
 
 impl DeviceState {
-    fn new(
+    fn new<Q: Ids, W: Ids>(
         vdev: *mut bindings::virtio_device,
         vq_callbacks: [VqCallbackFn; MAX_CALLBACK_QUEUES],
         run_work: unsafe fn(&DeviceState, usize),
-        nr_works: usize,
     ) -> impl PinInit<Self, Error> {
+        let nr_works = W::ALL.len();
         let init = move |stop: Arc<DeviceStop>, works: KVec<DeviceWork>| {
             try_pin_init!(Self {
                 vdev,
                 teardown <- Teardown::new(),
                 stop,
+                queues <- new_mutex!(None, "virtio::DeviceState::queues"),
+                queue_ids: ids::type_of::<Q>(),
+                work_ids: ids::type_of::<W>(),
                 data: Atomic::new(core::ptr::null_mut()),
                 stopped <- new_spinlock_irq!(false, "virtio::DeviceState::stopped"),
                 works,
@@ -568,10 +602,29 @@ impl DeviceState {
         (!p.is_null()).then_some(p)
     }
 
-    /// Queues work item `id` on the freezable system workqueue, or with `own` on the device's own
-    /// workqueue (refused if it has none).
-    fn queue_work(&self, id: usize, own: bool) -> bool {
-        let Some(work) = self.works.get(id) else {
+    /// Stops the device if it has queues, and lets go of them (freeze, failed probe). Sleeps.
+    fn stop_queues(&self) {
+        if self.queues.lock().is_some() {
+            self.stop.stop();
+            self.release_queues();
+        }
+    }
+
+    /// Lets go of the device's current queues, which the bus has stopped: they are deleted as
+    /// soon as the driver dropped them too.
+    fn release_queues(&self) {
+        let set = self.queues.lock().take();
+        // Outside the lock: deleting the queues sleeps.
+        drop(set);
+    }
+
+    /// Queues work item `work` (of the driver's type `W`) on the freezable system workqueue, or
+    /// with `own` on the device's own workqueue (refused if it has none).
+    fn queue_work<W: Ids>(&self, work: W, own: bool) -> bool {
+        if self.work_ids != ids::type_of::<W>() {
+            return false;
+        }
+        let Some(work) = self.works.get(work.position()) else {
             return false;
         };
         let queue = if own {
@@ -617,6 +670,8 @@ impl PinnedDrop for DeviceState {
             unsafe { bindings::destroy_workqueue(wq) };
         }
         let vdev = self.vdev;
+        // A failed probe: the bus stops the device and lets go of its queues, as on removal.
+        self.stop_queues();
         // Queues whose `Virtqueue`s were leaked (`mem::forget`) would keep calling our callbacks
         // after `priv` belongs to the next driver. Nobody can use their handles any more (their
         // lifetime was that of the binding), so delete them now.
@@ -797,6 +852,8 @@ impl<'a> FeatureNegotiation<'a> {
 ///
 /// impl virtio::Driver for MyDriver {
 ///     type Data<'bound> = ();
+///     type Queue = virtio::NoIds;
+///     type Work = virtio::NoIds;
 ///     const ID_TABLE: virtio::IdTable = &MY_TABLE;
 ///     const FEATURES: &'static [u32] = &[bindings::VIRTIO_BALLOON_F_STATS_VQ];
 ///
@@ -825,8 +882,13 @@ pub trait Driver {
     /// (`feature_table_legacy`).
     const FEATURES_LEGACY: Option<&'static [u32]> = None;
 
-    /// How many deferred work items ([`Device::queue_work`]) the driver uses.
-    const WORK_ITEMS: usize = 0;
+    /// The names of the driver's queues, in the order of its [`VirtqueueInfo`] list; given to
+    /// [`Driver::vq_callback`]. [`NoIds`] for a driver without queues.
+    type Queue: Ids;
+
+    /// The names of the driver's deferred work items ([`Device::queue_work`]), given to
+    /// [`Driver::work`]. [`NoIds`] for a driver without deferred work.
+    type Work: Ids;
 
     /// Checks and adjusts the negotiated features before the driver is probed.
     fn validate(features: &mut FeatureNegotiation<'_>) -> Result {
@@ -871,21 +933,24 @@ pub trait Driver {
         let _ = (dev, this);
     }
 
-    /// The device used buffers of the queue at position `queue` of the [`VirtqueueInfo`] list
-    /// given to [`Device::find_vqs`].
+    /// The device used buffers of `queue`.
     ///
     /// Called in interrupt context: it must not sleep.
     fn vq_callback<'bound>(
         dev: &'bound Device<device::Bound>,
         this: Pin<&Self::Data<'bound>>,
-        queue: usize,
+        queue: Self::Queue,
     ) {
         let _ = (dev, this, queue);
     }
 
-    /// Runs deferred work item `id`, queued with [`Device::queue_work`].
-    fn work<'bound>(dev: &'bound Device<device::Bound>, this: Pin<&Self::Data<'bound>>, id: usize) {
-        let _ = (dev, this, id);
+    /// Runs deferred work item `work`, queued with [`Device::queue_work`].
+    fn work<'bound>(
+        dev: &'bound Device<device::Bound>,
+        this: Pin<&Self::Data<'bound>>,
+        work: Self::Work,
+    ) {
+        let _ = (dev, this, work);
     }
 
     /// The system shuts down: quiesce. Deferred work is stopped already; the device is reset
@@ -896,8 +961,9 @@ pub trait Driver {
 
     /// The system suspends or hibernates.
     ///
-    /// A driver that supports it drops its queues here (which resets the device and deletes
-    /// them) and creates them again in [`Driver::restore`].
+    /// A driver that supports it drops its queues here and creates them again in
+    /// [`Driver::restore`]. Once this returns `Ok`, the bus stops the device and the queues are
+    /// deleted (with the buffers still queued) as soon as the driver holds none of them.
     fn freeze<'bound>(
         dev: &'bound Device<device::Core<'_>>,
         this: Pin<&Self::Data<'bound>>,
@@ -1036,31 +1102,31 @@ impl Device<device::Bound> {
         self.config_ops().get.is_some()
     }
 
-    /// Queues deferred work item `id` (below [`Driver::WORK_ITEMS`]) on the freezable system
-    /// workqueue; [`Driver::work`] runs it.
+    /// Queues deferred work item `work`, one of the driver's [`Driver::Work`], on the freezable
+    /// system workqueue; [`Driver::work`] runs it.
     ///
     /// Returns `false` if the item is already queued, if the device is not live yet (before
-    /// [`Driver::ready`]) or is being removed or shut down, and if `id` is out of range. This
-    /// makes it the C drivers' `stop_update` check: requests the device makes while the driver
-    /// goes away are dropped.
-    pub fn queue_work(&self, id: usize) -> bool {
+    /// [`Driver::ready`]) or is being removed or shut down, and if `W` is not the bound driver's
+    /// `Work`. This makes it the C drivers' `stop_update` check: requests the device makes while
+    /// the driver goes away are dropped.
+    pub fn queue_work<W: Ids>(&self, work: W) -> bool {
         // SAFETY: While the device is bound to a Rust virtio driver, `priv` is NULL or its
         // `DeviceState`, which lives until the driver data is dropped at the end of unbinding.
         match unsafe { DeviceState::from_priv(self.as_raw()) } {
-            Some(state) => state.queue_work(id, false),
+            Some(state) => state.queue_work(work, false),
             None => false,
         }
     }
 
-    /// Queues deferred work item `id` on the device's own workqueue (see
+    /// Queues deferred work item `work` on the device's own workqueue (see
     /// [`Device::alloc_own_workqueue`]); [`Driver::work`] runs it.
     ///
     /// For long, CPU-bound work that would hold up the shared system workqueue. Returns `false`
     /// as [`Device::queue_work`] does, and also if the device has no workqueue of its own.
-    pub fn queue_own_work(&self, id: usize) -> bool {
+    pub fn queue_own_work<W: Ids>(&self, work: W) -> bool {
         // SAFETY: As in `queue_work()`.
         match unsafe { DeviceState::from_priv(self.as_raw()) } {
-            Some(state) => state.queue_work(id, true),
+            Some(state) => state.queue_work(work, true),
             None => false,
         }
     }

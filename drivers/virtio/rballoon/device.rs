@@ -4,9 +4,10 @@
 //! probe and restore set up.
 
 use kernel::{
-    balloon::{self, stats::MemStats, BalloonPage},
+    balloon::{self, BalloonPage},
     bindings,
     device::{Bound, Core},
+    mm::vmstat::MemStats,
     page::PAGE_SHIFT,
     prelude::*,
     shrinker::Shrinker,
@@ -19,8 +20,7 @@ use crate::{
     host::{Balloon, Queues, Reporting},
     ratelimit::RateLimit,
     stats::StatsBuffer,
-    Config, CFG_POISON_VAL, VQ_DEFLATE, VQ_FREE_PAGE, VQ_INFLATE, VQ_REPORTING, VQ_STATS,
-    WAKEUP_SIGNAL_ADJUST, WAKEUP_SIGNAL_STATS, WORK_SIZE,
+    Config, Queue, Work, CFG_POISON_VAL, WAKEUP_SIGNAL_ADJUST, WAKEUP_SIGNAL_STATS,
 };
 
 /// The wakeup event state (the C driver's `wakeup_lock` and what it protects).
@@ -87,23 +87,23 @@ pub(crate) fn init_vqs<'b>(dev: &'b virtio::Device<Core<'_>>) -> Result<AllQueue
     let reporting = dev.has_feature(bindings::VIRTIO_BALLOON_F_REPORTING);
     let hint = dev.has_feature(bindings::VIRTIO_BALLOON_F_FREE_PAGE_HINT);
     let mut vqs = dev.find_vqs(&[
-        VirtqueueInfo::new(c"inflate"),
-        VirtqueueInfo::new(c"deflate"),
-        VirtqueueInfo::new_if(stats, c"stats"),
+        VirtqueueInfo::new(Queue::Inflate, c"inflate"),
+        VirtqueueInfo::new(Queue::Deflate, c"deflate"),
+        VirtqueueInfo::new_if(stats, Queue::Stats, c"stats"),
         // The driver polls the free page queue, as the C driver (no callback).
         if hint {
-            VirtqueueInfo::without_callback(c"free_page_vq")
+            VirtqueueInfo::without_callback(Queue::FreePage, c"free_page_vq")
         } else {
-            VirtqueueInfo::absent()
+            VirtqueueInfo::absent(Queue::FreePage)
         },
-        VirtqueueInfo::new_if(reporting, c"reporting_vq"),
+        VirtqueueInfo::new_if(reporting, Queue::Reporting, c"reporting_vq"),
     ])?;
     let queues = Queues {
-        inflate: vqs.take(VQ_INFLATE)?,
-        deflate: vqs.take(VQ_DEFLATE)?,
+        inflate: vqs.take(Queue::Inflate)?,
+        deflate: vqs.take(Queue::Deflate)?,
     };
     let stats = if stats {
-        let mut vq = vqs.take(VQ_STATS)?;
+        let mut vq = vqs.take(Queue::Stats)?;
         let mut buf = KBox::new(StatsBuffer::new(dev.endian()), GFP_KERNEL)?;
         buf.fill(&MemStats::gather(), PAGE_SHIFT as u32);
         // The device is not live yet: it will use this buffer to ask for statistics later.
@@ -118,14 +118,14 @@ pub(crate) fn init_vqs<'b>(dev: &'b virtio::Device<Core<'_>>) -> Result<AllQueue
     };
     let reporting = if reporting {
         Some(Reporting {
-            vq: vqs.take(VQ_REPORTING)?,
+            vq: vqs.take(Queue::Reporting)?,
             token: Some(KBox::new((), GFP_KERNEL)?),
         })
     } else {
         None
     };
     let hint = if hint {
-        Some(vqs.take(VQ_FREE_PAGE)?)
+        Some(vqs.take(Queue::FreePage)?)
     } else {
         None
     };
@@ -169,7 +169,7 @@ impl<'b> RBalloon<'b> {
     /// `start_update_balloon_size()`).
     pub(crate) fn start_update_balloon_size(&self, dev: &virtio::Device<Bound>) {
         self.start_wakeup_event(WAKEUP_SIGNAL_ADJUST);
-        dev.queue_work(WORK_SIZE);
+        dev.queue_work(Work::Size);
     }
 
     /// Drops the events nobody will handle any more, once the work items are stopped for good.

@@ -97,18 +97,22 @@ const CFG_HINT_CMD_ID: usize = core::mem::offset_of!(Config, __bindgen_anon_1);
 /// The value free pages are filled with (with `VIRTIO_BALLOON_F_PAGE_POISON`).
 const CFG_POISON_VAL: usize = core::mem::offset_of!(Config, poison_val);
 
-/// Positions in the queue list, as the C `enum virtio_balloon_vq`.
-const VQ_INFLATE: usize = 0;
-const VQ_DEFLATE: usize = 1;
-const VQ_STATS: usize = 2;
-const VQ_FREE_PAGE: usize = 3;
-const VQ_REPORTING: usize = 4;
+kernel::virtio_ids! {
+    /// The queues, in the order of the C `enum virtio_balloon_vq`.
+    enum Queue { Inflate, Deflate, Stats, FreePage, Reporting }
+}
 
-/// Deferred work items.
-const WORK_SIZE: usize = 0;
-const WORK_STATS: usize = 1;
-/// Free page hinting, on the device's own workqueue.
-const WORK_HINT: usize = 2;
+kernel::virtio_ids! {
+    /// Deferred work items.
+    enum Work {
+        /// Following the host's target.
+        Size,
+        /// Answering the host's request for statistics.
+        Stats,
+        /// Free page hinting, on the device's own workqueue.
+        Hint,
+    }
+}
 
 /// Wakeup signals: which work items have an event to handle, as the C
 /// `VIRTIO_BALLOON_WAKEUP_SIGNAL_*`.
@@ -162,6 +166,8 @@ struct RBalloonDriver;
 
 impl virtio::Driver for RBalloonDriver {
     type Data<'bound> = RBalloon<'bound>;
+    type Queue = Queue;
+    type Work = Work;
 
     const ID_TABLE: virtio::IdTable = &RBALLOON_TABLE;
 
@@ -174,8 +180,6 @@ impl virtio::Driver for RBalloonDriver {
         bindings::VIRTIO_BALLOON_F_PAGE_POISON,
         bindings::VIRTIO_BALLOON_F_REPORTING,
     ];
-
-    const WORK_ITEMS: usize = 3;
 
     fn validate(features: &mut virtio::FeatureNegotiation<'_>) -> Result {
         // Inform the hypervisor that our pages are poisoned or initialized. If we cannot do that
@@ -299,7 +303,7 @@ impl virtio::Driver for RBalloonDriver {
         }
         // Or asked for hints: the first run reads the command id whatever it is.
         if this.hint.is_some() {
-            dev.queue_own_work(WORK_HINT);
+            dev.queue_own_work(Work::Hint);
         }
     }
 
@@ -328,19 +332,19 @@ impl virtio::Driver for RBalloonDriver {
         // The command id may have changed (the C `virtio_balloon_queue_free_page_work()`).
         if let Some(hint) = this.hint.as_ref() {
             hint.config_changed();
-            dev.queue_own_work(WORK_HINT);
+            dev.queue_own_work(Work::Hint);
         }
     }
 
     fn vq_callback<'bound>(
         dev: &'bound virtio::Device<Bound>,
         this: Pin<&RBalloon<'bound>>,
-        queue: usize,
+        queue: Queue,
     ) {
         match queue {
-            VQ_STATS => {
+            Queue::Stats => {
                 this.start_wakeup_event(WAKEUP_SIGNAL_STATS);
-                dev.queue_work(WORK_STATS);
+                dev.queue_work(Work::Stats);
             }
             _ => {
                 this.balloon.ack();
@@ -353,16 +357,15 @@ impl virtio::Driver for RBalloonDriver {
         }
     }
 
-    fn work<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&RBalloon<'bound>>, id: usize) {
-        match id {
-            WORK_SIZE => this.update_size(dev),
-            WORK_STATS => this.update_stats_work(),
-            WORK_HINT => {
+    fn work<'bound>(dev: &'bound virtio::Device<Bound>, this: Pin<&RBalloon<'bound>>, work: Work) {
+        match work {
+            Work::Size => this.update_size(dev),
+            Work::Stats => this.update_stats_work(),
+            Work::Hint => {
                 if let Some(hint) = this.hint.as_ref() {
                     hint.work();
                 }
             }
-            _ => {}
         }
     }
 
@@ -372,7 +375,7 @@ impl virtio::Driver for RBalloonDriver {
     ) -> Result {
         // The workqueue is frozen already, but page reporting is not: a report in flight holds
         // the reporting queue, for a bounded time from here on. Deflate everything, then drop
-        // the queues, which stops the device and deletes them (the C `remove_common()`).
+        // the queues; the bus stops the device and deletes them (the C `remove_common()`).
         this.balloon.leave();
         this.deflate_all();
         let queues = this.balloon.lock.lock().queues.take();

@@ -19,7 +19,7 @@ use crate::{
     pfn::{Geometry, PAGES_PER_PAGE},
     requests::Direction,
     target::{self, Step},
-    BLOCK_PAGES, MAX_GUEST_PAGES, OUT_OF_PUFF_DELAY, SEND_BUFFERS, WAKEUP_SIGNAL_ADJUST, WORK_SIZE,
+    Work, BLOCK_PAGES, MAX_GUEST_PAGES, OUT_OF_PUFF_DELAY, SEND_BUFFERS, WAKEUP_SIGNAL_ADJUST,
 };
 
 /// Deflates by up to `num` balloon pages, at most one step; returns how many (the C
@@ -226,7 +226,7 @@ impl RBalloon<'_> {
         let answering = answering && self.balloon.catch_up();
         // Not done yet: the next run finishes the event. `queue_work()` only refuses, from the
         // running work item, once the driver is going away: then nothing will finish it later.
-        if target::remaining(diff, step, done) == 0 || !answering || !dev.queue_work(WORK_SIZE) {
+        if target::remaining(diff, step, done) == 0 || !answering || !dev.queue_work(Work::Size) {
             self.finish_wakeup_event();
         }
     }

@@ -30,13 +30,13 @@
 //! Entries 0-11 are only sent with `CONFIG_VM_EVENT_COUNTERS`.
 //!
 //! API summary (pure encoding, no `unsafe`; the values come from
-//! [`kernel::balloon::stats::MemStats::gather`]):
+//! [`kernel::mm::vmstat::MemStats::gather`]):
 //!
 //! - the 16 tags `VIRTIO_BALLOON_S_*` and [`VIRTIO_BALLOON_S_NR`], [`STAT_ENTRY_SIZE`] (10).
 //! - [`StatsBuffer`]: `new(endian)`, `fill(&stats, page_shift)` (re-encodes all entries, returns
 //!   how many), `is_empty()`, `as_bytes()` (the payload to put in the virtqueue), `entry(i)`.
 
-use kernel::{balloon::stats::MemStats, virtio::Endian};
+use kernel::{mm::vmstat::MemStats, virtio::Endian};
 
 /// Amount of memory swapped in (bytes).
 pub(crate) const VIRTIO_BALLOON_S_SWAP_IN: u16 = 0;
@@ -178,8 +178,8 @@ impl StatsBuffer {
 mod tests {
     use super::*;
     use kernel::{
-        balloon::stats::{HugetlbStats, VmEventStats},
         bindings,
+        mm::vmstat::{HugetlbStats, VmEventStats},
     };
 
     fn sample(vm: bool, hugetlb: bool) -> MemStats {

@@ -17,54 +17,68 @@
 //!
 //! C header: [`include/linux/virtio.h`](srctree/include/linux/virtio.h)
 
-use super::{Device, DeviceState, DeviceStop, PageBlock};
-use crate::{alloc::Flags, bindings, device, error::to_result, prelude::*, sync::Arc};
+use super::{ids, Device, DeviceState, DeviceStop, Ids, PageBlock};
+use crate::{
+    alloc::Flags,
+    bindings, device,
+    error::to_result,
+    new_spinlock,
+    prelude::*,
+    sync::{Arc, SpinLock},
+};
 use core::{marker::PhantomData, ptr::NonNull};
 
 /// The highest number of queues with a callback a driver may list in [`Device::find_vqs`]: only
 /// the first this many positions of the list may have one.
 pub const MAX_CALLBACK_QUEUES: usize = 16;
 
-/// The description of one queue for [`Device::find_vqs`].
+/// The description of one queue for [`Device::find_vqs`]: its name in the driver
+/// ([`Driver::Queue`]), its name for the transport, and whether it has a callback.
+///
+/// [`Driver::Queue`]: super::Driver::Queue
 #[derive(Clone, Copy)]
-pub struct VirtqueueInfo {
+pub struct VirtqueueInfo<Q: Ids> {
+    queue: Q,
     name: Option<&'static CStr>,
     callback: bool,
 }
 
-impl VirtqueueInfo {
-    /// A queue named `name` whose used buffers are signalled to [`Driver::vq_callback`].
+impl<Q: Ids> VirtqueueInfo<Q> {
+    /// Queue `queue`, named `name`, whose used buffers are signalled to [`Driver::vq_callback`].
     ///
     /// [`Driver::vq_callback`]: super::Driver::vq_callback
-    pub const fn new(name: &'static CStr) -> Self {
+    pub const fn new(queue: Q, name: &'static CStr) -> Self {
         Self {
+            queue,
             name: Some(name),
             callback: true,
         }
     }
 
-    /// A queue named `name` that the driver polls, without callback.
-    pub const fn without_callback(name: &'static CStr) -> Self {
+    /// Queue `queue`, named `name`, that the driver polls, without callback.
+    pub const fn without_callback(queue: Q, name: &'static CStr) -> Self {
         Self {
+            queue,
             name: Some(name),
             callback: false,
         }
     }
 
-    /// A queue the device does not have (its feature was not negotiated).
-    pub const fn absent() -> Self {
+    /// Queue `queue`, which the device does not have (its feature was not negotiated).
+    pub const fn absent(queue: Q) -> Self {
         Self {
+            queue,
             name: None,
             callback: false,
         }
     }
 
-    /// `Self::new(name)` if `present`, else [`Self::absent`].
-    pub const fn new_if(present: bool, name: &'static CStr) -> Self {
+    /// `Self::new(queue, name)` if `present`, else [`Self::absent`].
+    pub const fn new_if(present: bool, queue: Q, name: &'static CStr) -> Self {
         if present {
-            Self::new(name)
+            Self::new(queue, name)
         } else {
-            Self::absent()
+            Self::absent(queue)
         }
     }
 }
@@ -128,11 +142,10 @@ pub unsafe trait LentScatterList {
     fn sg_nents(&self) -> u32;
 }
 
-#[cfg(CONFIG_BALLOON)]
 // SAFETY: `ReportedPages` is free memory that page reporting lends to the driver for the duration
 // of the report callback, which its borrow does not outlive; its scatterlist has `len()` entries,
 // the last one marked as the end.
-unsafe impl LentScatterList for crate::balloon::ReportedPages<'_> {
+unsafe impl LentScatterList for crate::page_reporting::ReportedPages<'_> {
     fn sg_raw(&self) -> *mut bindings::scatterlist {
         self.as_raw()
     }
@@ -143,31 +156,38 @@ unsafe impl LentScatterList for crate::balloon::ReportedPages<'_> {
     }
 }
 
-/// The queues found by one call of [`Device::find_vqs`], to be taken out one by one.
+/// The queues found by one call of [`Device::find_vqs`], to be taken out one by one, by their
+/// names `Q`.
 ///
-/// The queues are deleted together once this and all [`Virtqueue`]s taken from it are dropped.
+/// The queues are deleted together once this and all [`Virtqueue`]s taken from it are dropped
+/// and the bus has stopped the device (on removal, after freeze).
 ///
 /// # Invariants
 ///
 /// Each `Some` in `vqs` is a live queue of `set`, found by `find_vqs` for a device bound for
-/// `'a` and not yet taken: no [`Virtqueue`] refers to it.
-pub struct Virtqueues<'a> {
+/// `'a` and not yet taken: no [`Virtqueue`] refers to it. `vqs` has one entry per name in `Q`,
+/// at its position.
+pub struct Virtqueues<'a, Q: Ids> {
     set: Arc<VirtqueueSet>,
     vqs: KVec<Option<NonNull<bindings::virtqueue>>>,
-    _p: PhantomData<&'a ()>,
+    _p: PhantomData<(&'a (), Q)>,
 }
 
-impl<'a> Virtqueues<'a> {
-    /// Takes the queue at position `index` of the [`VirtqueueInfo`] list, for buffers of type
-    /// `KBox<T>`.
+impl<'a, Q: Ids> Virtqueues<'a, Q> {
+    /// Takes queue `queue`, for buffers of type `KBox<T>`.
     ///
     /// Returns [`ENOENT`] if there is no such queue (absent or already taken).
-    pub fn take<T>(&mut self, index: usize) -> Result<Virtqueue<'a, T>> {
+    pub fn take<T>(&mut self, queue: Q) -> Result<Virtqueue<'a, T>> {
+        let index = queue.position();
         let vq = self
             .vqs
             .get_mut(index)
             .and_then(Option::take)
             .ok_or(ENOENT)?;
+        // The buffers the queue still holds when it is deleted are `KBox<T>`s.
+        if let Some(drain) = self.set.drains.lock().get_mut(index) {
+            *drain = Some(drain_queue::<T>);
+        }
         // INVARIANT: `vq` was created by `find_vqs()` of `self.set`, and is taken only once.
         Ok(Virtqueue {
             vq,
@@ -176,38 +196,82 @@ impl<'a> Virtqueues<'a> {
         })
     }
 
-    /// Whether the queue at position `index` exists (and was not taken yet).
-    pub fn has(&self, index: usize) -> bool {
-        matches!(self.vqs.get(index), Some(Some(_)))
+    /// Whether queue `queue` exists (and was not taken yet).
+    pub fn has(&self, queue: Q) -> bool {
+        matches!(self.vqs.get(queue.position()), Some(Some(_)))
+    }
+}
+
+/// Frees the buffers still queued on a queue of `KBox<T>`s, which the device no longer uses.
+type DrainFn = unsafe fn(NonNull<bindings::virtqueue>);
+
+/// Takes every buffer still queued on `vq` off it and drops it.
+///
+/// # Safety
+///
+/// `vq` must be a live queue of a stopped device, every token on it a `KBox<T>`, and nothing else
+/// may use the queue meanwhile.
+unsafe fn drain_queue<T>(vq: NonNull<bindings::virtqueue>) {
+    loop {
+        // SAFETY: Per the safety requirements; detaching also unmaps the buffer.
+        let token = unsafe { bindings::virtqueue_detach_unused_buf(vq.as_ptr()) };
+        let Some(token) = NonNull::new(token) else {
+            break;
+        };
+        // SAFETY: Per the safety requirements the token is a `KBox<T>`, handed back once.
+        drop(unsafe { KBox::from_raw(token.as_ptr().cast::<T>()) });
     }
 }
 
 /// The queues of one [`Device::find_vqs`] call, deleted together.
 ///
+/// The bus keeps a reference to the set of the device's current queues until it stops the
+/// device (removal, freeze, a failed probe): dropping a [`Virtqueue`] never touches the device,
+/// and the buffers it held stay the device's until then.
+///
 /// # Invariants
 ///
-/// `vdev` is valid and bound for as long as this exists, the queues it found are not deleted
-/// before this is dropped, and `stop` is the device's.
-struct VirtqueueSet {
+/// - `vdev` is valid and bound for as long as this exists, the queues it found are not deleted
+///   before this is dropped, and `stop` is the device's.
+/// - `vqs` holds the queues `find_vqs` made, at their positions (NULL where none was made).
+/// - `drains[i]` is `Some` once queue `i` was taken as a [`Virtqueue<T>`], and is then
+///   `drain_queue::<T>`.
+#[pin_data(PinnedDrop)]
+pub(super) struct VirtqueueSet {
     vdev: *mut bindings::virtio_device,
     stop: Arc<DeviceStop>,
+    vqs: KVec<*mut bindings::virtqueue>,
+    #[pin]
+    drains: SpinLock<KVec<Option<DrainFn>>>,
 }
 
 // SAFETY: The device pointer is used to stop the device and for `del_vqs`, which the transports
-// allow from any thread in process context.
+// allow from any thread in process context; the queue pointers are only used once the device is
+// stopped and their `Virtqueue`s are gone.
 unsafe impl Send for VirtqueueSet {}
-// SAFETY: Nothing is shared but the device pointer and the atomic stop record.
+// SAFETY: Nothing is shared but the pointers (see `Send`), the atomic stop record and the
+// drain table, which is behind a lock.
 unsafe impl Sync for VirtqueueSet {}
 
-impl Drop for VirtqueueSet {
-    fn drop(&mut self) {
-        // The device may still use the queues until it is stopped: the bus stopped it if the
-        // driver is being removed, else it happens here.
+#[pinned_drop]
+impl PinnedDrop for VirtqueueSet {
+    fn drop(self: Pin<&mut Self>) {
+        // The bus stopped the device before it let go of the set; this only covers a set that
+        // never reached it (`find_vqs` failing half-way).
         self.stop.stop();
+        let drains = core::mem::take(&mut *self.drains.lock());
+        for (vq, drain) in self.vqs.iter().zip(drains.iter()) {
+            if let (Some(vq), Some(drain)) = (NonNull::new(*vq), drain) {
+                // SAFETY: `vq` is a live queue of this set (type invariants), the device is
+                // stopped, its `Virtqueue` is gone (it held a reference to `self`), and its
+                // tokens are the `KBox`es `drain` was made for.
+                unsafe { drain(vq) };
+            }
+        }
         // SAFETY: By the type invariants `vdev` is valid and its queues still exist; every
-        // `Virtqueue` using them is gone (each held a reference to `self`). `del_vqs` is a
-        // mandatory transport operation; it frees interrupts, which `stop()` made sure is
-        // allowed here (process context, not a queue callback).
+        // `Virtqueue` using them is gone. `del_vqs` is a mandatory transport operation; it frees
+        // interrupts, which `stop()` made sure is allowed here (process context, not a queue
+        // callback).
         unsafe {
             if let Some(del_vqs) = (*(*self.vdev).config).del_vqs {
                 del_vqs(self.vdev)
@@ -630,53 +694,64 @@ impl<T> Virtqueue<'_, T> {
     }
 }
 
-impl<T> Drop for Virtqueue<'_, T> {
-    /// Stops the device (which sleeps: never drop a queue in atomic context or in one of the
-    /// device's queue callbacks) and frees the buffers still queued.
-    fn drop(&mut self) {
-        // The buffers may only be taken back from a device that no longer uses them, which
-        // `detach_unused` makes sure of.
-        while let Some(token) = self.detach_unused() {
-            drop(token);
-        }
-    }
-}
-
 impl<'a> Device<device::Core<'a>> {
     /// Creates the device's virtqueues, one per entry of `infos` (`virtio_find_vqs()`).
     ///
+    /// `infos` lists every name of the driver's [`Driver::Queue`] once, in position order.
     /// Entries made with [`VirtqueueInfo::absent`] create no queue, as a NULL name does for C
     /// drivers, so that the transport numbers the queues exactly as for the C driver with the
     /// same list. Callbacks are available for the first [`MAX_CALLBACK_QUEUES`] positions.
     ///
-    /// Returns [`EBUSY`] if the device has queues already, [`EINVAL`] if `infos` names no queue or
-    /// asks for a callback beyond [`MAX_CALLBACK_QUEUES`] or is called outside of probe or
-    /// restore of a Rust driver.
+    /// The queues live until the driver has dropped them and the bus has stopped the device: on
+    /// removal, after [`Driver::freeze`], or when probe fails.
+    ///
+    /// Returns [`EBUSY`] if the device has queues already, [`EINVAL`] if `Q` is not the driver's
+    /// [`Driver::Queue`], if `infos` does not list its names in order or names no queue or asks
+    /// for a callback beyond [`MAX_CALLBACK_QUEUES`], or if called outside of probe or restore of
+    /// a Rust driver.
+    ///
+    /// [`Driver::Queue`]: super::Driver::Queue
+    /// [`Driver::freeze`]: super::Driver::freeze
     ///
     /// # Examples
     ///
     /// ```
     /// use kernel::{device::Core, prelude::*, virtio::{self, VirtqueueInfo}};
     ///
+    /// kernel::virtio_ids! {
+    ///     /// The driver's queues (its `virtio::Driver::Queue`).
+    ///     enum Queue { Requests, Stats }
+    /// }
+    ///
     /// fn queues<'a>(
     ///     dev: &'a virtio::Device<Core<'_>>,
     ///     stats: bool,
     /// ) -> Result<(virtio::Virtqueue<'a, [u8; 8]>, Option<virtio::Virtqueue<'a, [u8; 8]>>)> {
     ///     let mut vqs = dev.find_vqs(&[
-    ///         VirtqueueInfo::new(c"requests"),
-    ///         VirtqueueInfo::new_if(stats, c"stats"),
+    ///         VirtqueueInfo::new(Queue::Requests, c"requests"),
+    ///         VirtqueueInfo::new_if(stats, Queue::Stats, c"stats"),
     ///     ])?;
-    ///     let requests = vqs.take(0)?;
-    ///     let stats = if stats { Some(vqs.take(1)?) } else { None };
+    ///     let requests = vqs.take(Queue::Requests)?;
+    ///     let stats = if stats { Some(vqs.take(Queue::Stats)?) } else { None };
     ///     Ok((requests, stats))
     /// }
     /// ```
-    pub fn find_vqs<'b>(&'b self, infos: &[VirtqueueInfo]) -> Result<Virtqueues<'b>> {
+    pub fn find_vqs<'b, Q: Ids>(&'b self, infos: &[VirtqueueInfo<Q>]) -> Result<Virtqueues<'b, Q>> {
         let vdev = self.as_raw();
         // SAFETY: In `Core` context of a Rust virtio driver `priv` is NULL or our `DeviceState`,
         // which outlives the callback this is called from.
         let state: &DeviceState = unsafe { DeviceState::from_priv(vdev) }.ok_or(EINVAL)?;
 
+        // The names are the driver's, each at its position: callbacks name queues by position.
+        if state.queue_ids != ids::type_of::<Q>()
+            || infos.len() != Q::ALL.len()
+            || infos
+                .iter()
+                .enumerate()
+                .any(|(i, info)| info.queue.position() != i)
+        {
+            return Err(EINVAL);
+        }
         if !infos.iter().any(|i| i.name.is_some()) {
             return Err(EINVAL);
         }
@@ -689,9 +764,6 @@ impl<'a> Device<device::Core<'a>> {
         if !empty {
             return Err(EBUSY);
         }
-        // The device is set up anew: the queues about to be made are not stopped yet. (Any
-        // earlier ones are gone, as the list is empty.)
-        state.stop.rearm();
 
         let mut raw_infos = KVec::with_capacity(infos.len(), GFP_KERNEL)?;
         for (i, info) in infos.iter().enumerate() {
@@ -712,11 +784,18 @@ impl<'a> Device<device::Core<'a>> {
         let mut raw_vqs = KVec::<*mut bindings::virtqueue>::with_capacity(infos.len(), GFP_KERNEL)?;
         let mut vqs =
             KVec::<Option<NonNull<bindings::virtqueue>>>::with_capacity(infos.len(), GFP_KERNEL)?;
+        let mut drains = KVec::<Option<DrainFn>>::with_capacity(infos.len(), GFP_KERNEL)?;
         for _ in infos {
             raw_vqs.push(core::ptr::null_mut(), GFP_KERNEL)?;
             vqs.push(None, GFP_KERNEL)?;
+            drains.push(None, GFP_KERNEL)?;
         }
+        // Allocated before the queues exist, so that nothing can fail once they do.
+        let mut current = state.queues.lock();
 
+        // The device is set up anew: the queues about to be made are not stopped yet. (Any
+        // earlier ones are gone, as the list is empty.)
+        state.stop.rearm();
         // SAFETY: `vdev` is valid; both arrays hold `infos.len()` entries; names are `'static`.
         to_result(unsafe {
             bindings::virtio_find_vqs(
@@ -727,17 +806,38 @@ impl<'a> Device<device::Core<'a>> {
                 core::ptr::null_mut(),
             )
         })?;
-
-        // INVARIANT: The device's own stop record, for queues that are being created.
-        let set = VirtqueueSet {
-            vdev,
-            stop: state.stop.clone(),
-        };
-        // On failure `set` is dropped, which stops the device and deletes the queues again.
-        let set = Arc::new(set, GFP_KERNEL)?;
         for (vq, raw) in vqs.iter_mut().zip(raw_vqs.iter()) {
             *vq = NonNull::new(*raw);
         }
+
+        // INVARIANT: The device's own stop record and the queues just made, none taken yet.
+        let set = Arc::pin_init(
+            pin_init!(VirtqueueSet {
+                vdev,
+                stop: state.stop.clone(),
+                vqs: raw_vqs,
+                drains <- new_spinlock!(drains, "virtio::VirtqueueSet::drains"),
+            }),
+            GFP_KERNEL,
+        );
+        let set = match set {
+            Ok(set) => set,
+            Err(e) => {
+                // No set to delete them: undo `virtio_find_vqs()` here.
+                state.stop.stop();
+                // SAFETY: `vdev` is valid, stopped, and its queues were made just now and are
+                // used by nobody.
+                unsafe {
+                    if let Some(del_vqs) = (*(*vdev).config).del_vqs {
+                        del_vqs(vdev)
+                    }
+                };
+                return Err(e);
+            }
+        };
+        // The bus holds on to the queues until it stops the device.
+        *current = Some(set.clone());
+        drop(current);
         // INVARIANT: The queues exist until `set` (and every queue taken out) is dropped.
         Ok(Virtqueues {
             set,
@@ -783,13 +883,240 @@ mod tests {
         Ok(())
     }
 
+    crate::virtio_ids! {
+        enum Queue { Requests, Stats, FreePage }
+    }
+
     #[test]
     fn absent_queues_have_no_name_and_no_callback() {
-        let absent = VirtqueueInfo::new_if(false, c"stats");
+        let absent = VirtqueueInfo::new_if(false, Queue::Stats, c"stats");
         assert!(absent.name.is_none() && !absent.callback);
-        let present = VirtqueueInfo::new_if(true, c"stats");
+        assert!(absent.queue == Queue::Stats);
+        let present = VirtqueueInfo::new_if(true, Queue::Stats, c"stats");
         assert_eq!(present.name.map(|n| n.to_bytes()), Some(&b"stats"[..]));
         assert!(present.callback);
-        assert!(!VirtqueueInfo::without_callback(c"free_page_vq").callback);
+        assert!(!VirtqueueInfo::without_callback(Queue::FreePage, c"free_page_vq").callback);
+    }
+
+    #[test]
+    fn queue_names_stand_for_their_positions() {
+        assert_eq!(Queue::Requests.position(), 0);
+        assert_eq!(Queue::FreePage.position(), 2);
+        assert!(Queue::at(1) == Some(Queue::Stats));
+        assert!(Queue::at(3).is_none());
+        assert!(super::super::NoIds::at(0).is_none());
+    }
+
+    /// A made-up transport for the bus side of queues and work: `find_vqs` hands out addresses it
+    /// never expects to be used (no queue is taken), and every call is counted.
+    #[repr(C)]
+    struct FakeTransport {
+        vdev: bindings::virtio_device,
+        ops: bindings::virtio_config_ops,
+        /// Stand-ins for queues, by position; only their addresses are used.
+        queues: [u64; 4],
+        found: usize,
+        deleted: usize,
+        resets: usize,
+    }
+
+    // SAFETY: Every field is an integer, a pointer, an optional function pointer or made of them.
+    unsafe impl Zeroable for FakeTransport {}
+
+    /// # Safety
+    ///
+    /// `vdev` must be the `vdev` of a live `FakeTransport` that nothing else uses meanwhile.
+    unsafe fn fake<'a>(vdev: *mut bindings::virtio_device) -> &'a mut FakeTransport {
+        // SAFETY: `vdev` is the first field of a live `repr(C)` `FakeTransport`.
+        unsafe { &mut *vdev.cast::<FakeTransport>() }
+    }
+
+    /// # Safety
+    ///
+    /// As [`fake`]; `vqs` and `infos` must hold `nvqs` entries.
+    unsafe extern "C" fn fake_find_vqs(
+        vdev: *mut bindings::virtio_device,
+        nvqs: crate::ffi::c_uint,
+        vqs: *mut *mut bindings::virtqueue,
+        infos: *mut bindings::virtqueue_info,
+        _desc: *mut bindings::irq_affinity,
+    ) -> crate::ffi::c_int {
+        // SAFETY: Per the safety requirements.
+        let t = unsafe { fake(vdev) };
+        t.found += 1;
+        for i in 0..(nvqs as usize).min(t.queues.len()) {
+            // SAFETY: `i < nvqs`, within both arrays per the safety requirements. A nameless
+            // entry gets no queue, as on the real transports.
+            unsafe {
+                *vqs.add(i) = if (*infos.add(i)).name.is_null() {
+                    core::ptr::null_mut()
+                } else {
+                    (&raw mut t.queues[i]).cast()
+                };
+            }
+        }
+        0
+    }
+
+    /// # Safety
+    ///
+    /// As [`fake`].
+    unsafe extern "C" fn fake_del_vqs(vdev: *mut bindings::virtio_device) {
+        // SAFETY: Per the safety requirements.
+        unsafe { fake(vdev) }.deleted += 1;
+    }
+
+    /// # Safety
+    ///
+    /// As [`fake`].
+    unsafe extern "C" fn fake_reset(vdev: *mut bindings::virtio_device) {
+        // SAFETY: Per the safety requirements.
+        unsafe { fake(vdev) }.resets += 1;
+    }
+
+    extern "C" fn fake_synchronize_cbs(_vdev: *mut bindings::virtio_device) {}
+
+    extern "C" fn no_callback(_vq: *mut bindings::virtqueue) {}
+
+    /// What the last work item run was: its position plus one.
+    static RAN: crate::sync::atomic::Atomic<usize> = crate::sync::atomic::Atomic::new(0);
+
+    /// # Safety
+    ///
+    /// None beyond `DeviceState`'s: it only records `id`.
+    unsafe fn record_work(_state: &DeviceState, id: usize) {
+        RAN.store(id + 1, crate::sync::atomic::Release);
+    }
+
+    crate::virtio_ids! {
+        enum Work { Size, Stats }
+    }
+
+    crate::virtio_ids! {
+        enum Another { Size }
+    }
+
+    /// Runs `f` on a made-up device with the bus's state attached, as a driver whose queues are
+    /// named [`Queue`] and whose work is named [`Work`] sees it in probe; returns the transport's
+    /// counts afterwards: queue sets found, deleted, resets.
+    fn with_transport(
+        f: impl FnOnce(&Device<device::Core<'_>>, &DeviceState) -> Result,
+    ) -> Result<(usize, usize, usize)> {
+        let raw = KBox::into_raw(KBox::init(
+            pin_init::init_zeroed::<FakeTransport>(),
+            GFP_KERNEL,
+        )?);
+        // SAFETY: `raw` is a live allocation of ours until it is rebuilt below; the references
+        // made here do not outlive this block.
+        let vdev = unsafe {
+            let t = &mut *raw;
+            t.ops.find_vqs = Some(fake_find_vqs);
+            t.ops.del_vqs = Some(fake_del_vqs);
+            t.ops.reset = Some(fake_reset);
+            t.ops.synchronize_cbs = Some(fake_synchronize_cbs);
+            t.vdev.config = &raw const t.ops;
+            bindings::INIT_LIST_HEAD(&raw mut t.vdev.vqs);
+            bindings::__spin_lock_init(
+                &raw mut t.vdev.vqs_list_lock,
+                c"FakeTransport::vqs_list_lock".as_char_ptr(),
+                crate::static_lock_class!().as_ptr(),
+            );
+            &raw mut t.vdev
+        };
+        let state = KBox::pin_init(
+            DeviceState::new::<Queue, Work>(vdev, [no_callback; MAX_CALLBACK_QUEUES], record_work),
+            GFP_KERNEL,
+        );
+        let r = state.and_then(|state| {
+            // SAFETY: `Device` is a transparent wrapper of `struct virtio_device`; the made-up
+            // device stands for one in probe for as long as `f` runs.
+            let dev = unsafe { &*vdev.cast::<Device<device::Core<'_>>>() };
+            let r = f(dev, &state);
+            // The state goes first, as after a driver's removal.
+            drop(state);
+            r
+        });
+        // SAFETY: `raw` came from `KBox::into_raw` and nothing refers to it any more.
+        let t = unsafe { KBox::from_raw(raw) };
+        r.map(|()| (t.found, t.deleted, t.resets))
+    }
+
+    #[test]
+    fn queues_are_found_only_by_the_drivers_names_in_order() -> Result {
+        let (found, deleted, _) = with_transport(|dev, _state| {
+            assert_eq!(
+                dev.find_vqs(&[VirtqueueInfo::new(Another::Size, c"a")])
+                    .err(),
+                Some(EINVAL)
+            );
+            let out_of_order = [
+                VirtqueueInfo::new(Queue::Stats, c"stats"),
+                VirtqueueInfo::new(Queue::Requests, c"requests"),
+                VirtqueueInfo::absent(Queue::FreePage),
+            ];
+            assert_eq!(dev.find_vqs(&out_of_order).err(), Some(EINVAL));
+            let short = [VirtqueueInfo::new(Queue::Requests, c"requests")];
+            assert_eq!(dev.find_vqs(&short).err(), Some(EINVAL));
+            Ok(())
+        })?;
+        // Refused before the transport was asked.
+        assert_eq!((found, deleted), (0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn the_bus_not_a_queue_stops_the_device() -> Result {
+        let counts = with_transport(|dev, state| {
+            let t = |state: &DeviceState| {
+                // SAFETY: The made-up transport is alive while `state` is.
+                let t = unsafe { fake(state.vdev) };
+                (t.found, t.deleted, t.resets)
+            };
+            let vqs = dev.find_vqs(&[
+                VirtqueueInfo::new(Queue::Requests, c"requests"),
+                VirtqueueInfo::absent(Queue::Stats),
+                VirtqueueInfo::without_callback(Queue::FreePage, c"free_page_vq"),
+            ])?;
+            assert!(vqs.has(Queue::Requests) && vqs.has(Queue::FreePage));
+            assert!(!vqs.has(Queue::Stats));
+            drop(vqs);
+            // The driver let go of its queues: the device keeps running, and keeps them, until
+            // the bus stops it.
+            assert_eq!(t(state), (1, 0, 0));
+            // What freeze does once the driver's `freeze` returned.
+            state.stop_queues();
+            assert_eq!(t(state), (1, 1, 1));
+            state.stop_queues();
+            assert_eq!(t(state), (1, 1, 1));
+            Ok(())
+        })?;
+        // Removing the state (a failed probe, say) has nothing left to stop.
+        assert_eq!(counts, (1, 1, 1));
+        Ok(())
+    }
+
+    #[test]
+    fn work_is_queued_by_the_drivers_names_only() -> Result {
+        with_transport(|dev, state| {
+            let dev: &Device<device::Bound> = dev;
+            // Not live: nothing is queued before the data is published.
+            assert!(!dev.queue_work(Work::Stats));
+            let mut data = 0u8;
+            state.publish((&raw mut data).cast());
+            assert!(!dev.queue_work(Another::Size));
+            RAN.store(0, crate::sync::atomic::Release);
+            assert!(dev.queue_work(Work::Stats));
+            for _ in 0..1000 {
+                if RAN.load(crate::sync::atomic::Acquire) != 0 {
+                    break;
+                }
+                crate::time::delay::fsleep(crate::time::Delta::from_millis(1));
+            }
+            assert_eq!(RAN.load(crate::sync::atomic::Acquire), 2);
+            state.stop_work();
+            state.unpublish();
+            Ok(())
+        })?;
+        Ok(())
     }
 }

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The memory statistics a balloon reports to its host.
+//! The kernel's memory statistics: vm event counters, node counters and `si_meminfo()`.
 //!
-//! [`MemStats::gather`] reads, from the same sources as the C virtio balloon's
-//! `update_balloon_vm_stats()` and `update_balloon_stats()`, the values behind the 16
-//! `VIRTIO_BALLOON_S_*` tags: vm event counters, reclaim scan/steal node counters, `si_meminfo()`,
-//! `si_mem_available()` and the file page count. Values are raw: page counts in pages and event
-//! counts as counted; encoding them for a device is the driver's business.
+//! [`MemStats::gather`] takes one snapshot of the values a guest reports about its memory: vm
+//! event counters, reclaim scan/steal node counters, `si_meminfo()`, `si_mem_available()` and the
+//! file page count, read from the same sources as the C virtio balloon's
+//! `update_balloon_vm_stats()` and `update_balloon_stats()` (the 16 `VIRTIO_BALLOON_S_*` tags).
+//! Values are raw: page counts in pages and event counts as counted; encoding them for a device
+//! is the driver's business.
 //!
 //! C headers: [`include/linux/vmstat.h`](srctree/include/linux/vmstat.h),
 //! [`include/linux/mm.h`](srctree/include/linux/mm.h)
@@ -21,7 +22,7 @@
 //! # Examples
 //!
 //! ```
-//! use kernel::balloon::stats::MemStats;
+//! use kernel::mm::vmstat::MemStats;
 //!
 //! let stats = MemStats::gather();
 //! assert!(stats.total_pages > 0);
@@ -67,7 +68,7 @@ pub struct VmEventStats {
     pub hugetlb: Option<HugetlbStats>,
 }
 
-/// A snapshot of the memory statistics a balloon reports.
+/// A snapshot of the memory statistics a guest reports to its host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MemStats {
     /// Event and reclaim counters, `None` without `CONFIG_VM_EVENT_COUNTERS`.
@@ -85,7 +86,7 @@ pub struct MemStats {
 /// Reads a global node counter.
 fn node_page_state(item: bindings::node_stat_item) -> u64 {
     // SAFETY: `item` is a valid `enum node_stat_item`; the helper only reads a global counter.
-    unsafe { bindings::balloon_global_node_page_state(item) as u64 }
+    unsafe { bindings::global_node_page_state(item) as u64 }
 }
 
 #[cfg(CONFIG_VM_EVENT_COUNTERS)]
@@ -155,7 +156,7 @@ impl MemStats {
     }
 }
 
-#[kunit_tests(rust_kernel_balloon_stats)]
+#[kunit_tests(rust_kernel_mm_vmstat)]
 mod tests {
     use super::*;
 

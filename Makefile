@@ -9,6 +9,9 @@
 #   make matrix  other architectures under QEMU: the KUnit suites on arm64 (4 KiB and 64 KiB
 #                pages) and s390x (big-endian, RUST=latest), the harness smoke test on an arm64
 #                guest (LEGS=arm64-4k picks some); not part of make test
+#   make mutants break one feature at a time (tools/testing/rballoon/mutants.json) and check that
+#                the KUnit cases claiming it fail (MUTANTS_HARNESS=1: harness tests too;
+#                MUTANTS=id,... picks some)
 #
 # RUST=min (default) builds with trixie's Rust, the kernel's minimum; RUST=latest with the newest
 # trixie-backports serves, in a toolchain root and build directories of its own.
@@ -32,12 +35,12 @@ export CARGO_TARGET_DIR := $(RBALLOON_CACHE)/harness-target
 export RBALLOON_REPO := $(CURDIR)
 HARNESS := $(CARGO_TARGET_DIR)/release/rballoon
 
-.PHONY: all root tree kernel initramfs harness guest run demo kunit matrix lint test stress harness-test check bench bench-short patches distclean help
+.PHONY: all root tree kernel initramfs harness guest run demo kunit matrix mutants lint test stress harness-test check bench bench-short patches distclean help
 
 all: guest harness
 
 help:
-	@sed -n '3,16p' Makefile
+	@sed -n '3,19p' Makefile
 
 root:
 	@$(S)/mkroot.sh
@@ -71,6 +74,9 @@ matrix: root
 
 lint: kernel
 	@$(S)/lint.sh
+
+mutants: root
+	@$(if $(MUTANTS),MUTANTS="$(MUTANTS)") $(if $(MUTANTS_HARNESS),MUTANTS_HARNESS="$(MUTANTS_HARNESS)") python3 $(S)/mutants.py
 
 harness-test: guest harness
 	@$(S)/timed.sh "harness tests" cargo test --release --no-fail-fast --features rust-driver --manifest-path $(HARNESS_DIR)/Cargo.toml -- --test-threads=1

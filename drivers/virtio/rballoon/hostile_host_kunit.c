@@ -45,6 +45,9 @@ enum th_vq_index { TH_INFLATE, TH_DEFLATE, TH_STATS, TH_FREE_PAGE, TH_REPORTING,
 /* How long a hinting round waits for a host that holds the whole window (LEND_WAIT). */
 #define TH_LEND_WAIT_MS 2000
 
+/* Balloon PFNs in a full request (VIRTIO_BALLOON_ARRAY_PFNS_MAX in the C driver). */
+#define TH_PFNS_PER_REQUEST 256
+
 /* The balloon PFNs the host records, as it decoded them (a 4 MiB inflate of 4 KiB pages). */
 #define TH_PFNS_MAX 1024
 
@@ -96,6 +99,9 @@ struct test_host {
 	unsigned long reported_bytes;
 	unsigned int stats_queued_max;	/* statistics buffers with the host at once */
 	unsigned int hint_blocks_held, hint_blocks_held_max;
+	unsigned int requests[TH_NUM_VQS];	/* buffers the host took off each queue */
+	unsigned int notifies[TH_NUM_VQS];	/* notifications (kicks) per queue */
+	unsigned int queued_max[TH_NUM_VQS];	/* buffers with the host at a notification */
 	unsigned int resets;
 	bool reset_unbroken;	/* a reset came while a queue was not marked broken */
 	u32 cmd_ids[16];
@@ -232,6 +238,7 @@ static void th_work(struct work_struct *work)
 			vringh_kiov_init(&wiov, wk, ARRAY_SIZE(wk));
 			got = vringh_getdesc_kern(&q->vrh, &riov, &wiov, &head, GFP_KERNEL);
 			if (got > 0) {
+				WRITE_ONCE(th->requests[i], th->requests[i] + 1);
 				if (i == TH_STATS)
 					th_count_stats_queued(th, q);
 				if (th_serve(th, i, &riov, &wiov)) {
@@ -319,7 +326,20 @@ static void th_reset(struct virtio_device *vdev)
 
 static bool th_notify(struct virtqueue *vq)
 {
-	schedule_work(&to_th(vq->vdev)->work);
+	struct test_host *th = to_th(vq->vdev);
+	/* Without EVENT_IDX and with notifications on, every kick of the driver comes here. */
+	unsigned int queued = virtqueue_get_vring_size(vq) - vq->num_free;
+	int i;
+
+	spin_lock_irq(&th->lock);
+	for (i = 0; i < TH_NUM_VQS; i++) {
+		if (th->vqs[i].vq == vq) {
+			th->notifies[i]++;
+			th->queued_max[i] = max(th->queued_max[i], queued);
+		}
+	}
+	spin_unlock_irq(&th->lock);
+	schedule_work(&th->work);
 	return true;
 }
 
@@ -692,6 +712,38 @@ static void a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest(stru
 	ms = th_remove(th);
 	kunit_info(test, "removal took %u ms\n", ms);
 	KUNIT_EXPECT_LT_MSG(test, ms, 5000U, "removal waited for a silent host");
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_destroy(th);
+}
+
+/*
+ * Inflating 16 MiB (4096 pages: 16 full requests of 256 PFNs with 4 KiB pages) against a host
+ * that answers: the driver hands the host several requests before it waits for them, and
+ * notifies it once per batch, not once per request.
+ */
+static void several_requests_go_to_the_host_with_one_notification(struct kunit *test)
+{
+	unsigned long base = balloon_pages();
+	struct test_host *th = th_new(test, FEATURES_BASE);
+	unsigned int requests, notifies, most;
+
+	th_start(test, th);
+	th_set_target(th, 4096);
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 4096, 10000));
+	spin_lock_irq(&th->lock);
+	requests = th->requests[TH_INFLATE];
+	notifies = th->notifies[TH_INFLATE];
+	most = th->queued_max[TH_INFLATE];
+	spin_unlock_irq(&th->lock);
+	kunit_info(test, "%u inflate requests, %u notifications, at most %u with the host\n",
+		   requests, notifies, most);
+	KUNIT_EXPECT_GE(test, requests, 4096U / TH_PFNS_PER_REQUEST);
+	KUNIT_EXPECT_GE_MSG(test, most, 2U, "one request at a time");
+	KUNIT_EXPECT_LE_MSG(test, notifies * 2, requests, "a notification per request");
+
+	th_set_target(th, 0);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
+	th_remove(th);
 	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
 	th_destroy(th);
 }
@@ -1154,6 +1206,7 @@ static void freeze_stops_a_device_that_claims_to_be_reset(struct kunit *test)
 #ifdef CONFIG_PM_SLEEP
 	unsigned long base = balloon_pages();
 	struct test_host *th = th_new(test, FEATURES_BASE);
+	unsigned long deflated;
 	unsigned int resets;
 
 	th_start(test, th);
@@ -1161,12 +1214,19 @@ static void freeze_stops_a_device_that_claims_to_be_reset(struct kunit *test)
 	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 1024, 10000));
 
 	resets = READ_ONCE(th->resets);
+	deflated = READ_ONCE(th->pfns_deflated);
 	WRITE_ONCE(th->claim_reset, true);
 	KUNIT_EXPECT_EQ(test, virtio_device_freeze(&th->vdev), 0);
 	KUNIT_EXPECT_EQ_MSG(test, READ_ONCE(th->resets), resets + 1,
 			    "freeze believed the device's status instead of resetting it");
+	/* As in C, freeze empties the balloon, telling the host, and restore fills it again. */
+	KUNIT_EXPECT_EQ_MSG(test, balloon_pages(), base, "freeze kept the balloon's pages");
+	KUNIT_EXPECT_EQ(test, READ_ONCE(th->pfns_deflated) - deflated, 1024UL);
 	WRITE_ONCE(th->claim_reset, false);
 	KUNIT_EXPECT_EQ(test, virtio_device_restore(&th->vdev), 0);
+	KUNIT_EXPECT_TRUE_MSG(test, th_wait_for(th_actual(th) == 1024, 10000),
+			      "restore did not inflate back to the target");
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 1024UL);
 	th_set_target(th, 0);
 	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
 	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
@@ -1317,6 +1377,7 @@ static void queues_are_where_the_host_numbers_them(struct kunit *test)
 }
 
 static struct kunit_case hostile_host_cases[] = {
+	KUNIT_CASE(several_requests_go_to_the_host_with_one_notification),
 	KUNIT_CASE(used_lengths_the_driver_never_gave_are_ignored),
 	KUNIT_CASE(statistics_asked_faster_than_answered),
 	KUNIT_CASE_SLOW(hint_command_ids_out_of_order),

@@ -68,26 +68,33 @@ def apply(m):
         f.write(text.replace(m["old"], m["new"]))
 
 
-def kunit(case, tag):
-    """Runs one KUnit case of the scratch tree: 'passed', 'failed', 'skipped', 'missing' or
-    'nobuild'."""
+def kunit_run(glob, tag):
+    """Runs the KUnit cases of the scratch tree that `glob` names (all without one); returns
+    kunit.sh's exit code and kunit.py's log."""
     env = dict(os.environ)
     env.pop("KUNIT_FILTER", None)  # slow cases included: some mutants only show there
-    r = subprocess.run([os.path.join(SCRATCH, "scripts/rballoon/kunit.sh"), case], env=env,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [os.path.join(SCRATCH, "scripts/rballoon/kunit.sh")] + ([glob] if glob else [])
+    r = subprocess.run(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     text = open(KUNIT_LOG, errors="replace").read() if os.path.exists(KUNIT_LOG) else ""
     with open(os.path.join(LOGS, f"{tag}.kunit.log"), "a") as f:
         f.write(text)
+    return r.returncode, text
+
+
+def kunit(case, tag, run=None):
+    """The result of one KUnit case, run alone unless `run` (an exit code and log) has it:
+    'passed', 'failed', 'skipped', 'missing' or 'nobuild'."""
+    rc, text = run if run else kunit_run(case, tag)
     name = case.split(".", 1)[-1]
     for verdict, word in (("failed", "FAILED"), ("failed", "CRASHED"), ("skipped", "SKIPPED"),
                           ("passed", "PASSED")):
         if re.search(rf"\[{word}\] {re.escape(name)}\s*$", text, re.M):
             # A case that passed in a run kunit.sh failed all the same (a splat in the kernel
             # log: lockdep, KASAN, a warning) did not pass.
-            if verdict == "passed" and r.returncode != 0:
+            if verdict == "passed" and rc != 0:
                 return "failed"
             return verdict
-    if "Testing complete" not in text and r.returncode != 0:
+    if "Testing complete" not in text and rc != 0:
         # kunit.py never ran the tests: the build failed (or the kernel did not boot).
         return "nobuild" if re.search(r"error(\[E\d+\])?:", text) else "failed"
     return "missing"
@@ -145,13 +152,13 @@ def main():
     commit = head()
     log(f"{len(mutants)} mutants at {commit}{' with harness tests' if with_harness else ''}")
 
-    # The baseline: every named test passes on the unmodified tree.
+    # The baseline: every named test passes on the unmodified tree (one run of all suites).
     fresh_scratch()
+    run = kunit_run(None, "baseline")
     base = {}
     for m in mutants:
         for case in m["kunit"]:
-            if case not in base:
-                base[case] = kunit(case, "baseline")
+            base[case] = kunit(case, "baseline", run)
     bad = {c: v for c, v in base.items() if v != "passed"}
     if bad:
         for c, v in bad.items():

@@ -836,11 +836,17 @@ static void a_host_that_stalls_on_deflate_then_answers_is_followed_again(struct 
 }
 
 /* A migration target, as compaction allocates one. */
+/* The frame th_new_folio() last gave compaction to move a balloon page to. */
+static unsigned long th_migrated_to;
+
 static struct folio *th_new_folio(struct folio *src, unsigned long private)
 {
 	struct page *page = alloc_page(GFP_HIGHUSER_MOVABLE);
 
-	return page ? page_folio(page) : NULL;
+	if (!page)
+		return NULL;
+	WRITE_ONCE(th_migrated_to, page_to_pfn(page));
+	return page_folio(page);
 }
 
 /* Migrates the balloon page at @pfn as compaction does; returns migrate_pages()'s result. */
@@ -870,7 +876,8 @@ static int th_compact_one(unsigned long pfn)
  * Compaction moves a balloon page while the host holds deflate requests. With MUST_TELL_HOST
  * the old page may leave the balloon only once the host knows, so the migration fails after
  * the driver's timeout and the page stays in the balloon: still there, still counted, and
- * deflated (told) with the rest once the host answers.
+ * deflated (told) with the rest once the host answers. Then a migration goes through, and the
+ * host hears of the new page.
  */
 static void a_migration_the_host_was_not_told_of_fails(struct kunit *test)
 {
@@ -896,6 +903,20 @@ static void a_migration_the_host_was_not_told_of_fails(struct kunit *test)
 	KUNIT_EXPECT_EQ(test, th_actual(th), 1024U);
 
 	th_give_back(th, TH_DEFLATE);
+	/*
+	 * With a host that answers, a migration goes through, and the host is told of the new page
+	 * (inflated) as well as of the old one: else it would go on backing a frame the guest has
+	 * put in the balloon.
+	 */
+	inflated = READ_ONCE(th->pfns_inflated);
+	KUNIT_EXPECT_EQ(test, th_compact_one(th->pfns[1]), 0);
+	KUNIT_EXPECT_EQ(test, READ_ONCE(th->pfns_inflated) - inflated,
+			PAGE_SIZE >> VIRTIO_BALLOON_PFN_SHIFT);
+	KUNIT_EXPECT_EQ_MSG(test, (unsigned long)READ_ONCE(th->inflated_pfn),
+			    READ_ONCE(th_migrated_to) << (PAGE_SHIFT - VIRTIO_BALLOON_PFN_SHIFT),
+			    "the host was not told of the page migrated to");
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 1024UL);
+
 	th_set_target(th, 0);
 	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
 	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
@@ -997,7 +1018,14 @@ static void hint_command_ids_out_of_order(struct kunit *test)
 	th->keep_hint_blocks = true;
 	th_start(test, th);
 	for (i = 0; i < ARRAY_SIZE(ids); i++) {
+		unsigned int from = READ_ONCE(th->ncmd_ids);
+
 		th_set_cmd_id(th, ids[i]);
+		/* Every id that differs from the one before starts a round, which reports it. */
+		KUNIT_EXPECT_TRUE_MSG(test,
+				      th_wait_for(th_sent_cmd_id(th, from, ids[i]),
+						  TH_LEND_WAIT_MS + 5000),
+				      "no round for command id %u", ids[i]);
 		KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->hint_blocks_held) > 0, 5000));
 		msleep(200);
 	}

@@ -103,15 +103,9 @@ kernel::virtio_ids! {
 }
 
 kernel::virtio_ids! {
-    /// Deferred work items.
-    enum Work {
-        /// Following the host's target.
-        Size,
-        /// Answering the host's request for statistics.
-        Stats,
-        /// Free page hinting, on the device's own workqueue.
-        Hint,
-    }
+    /// Deferred work: following the target, answering for statistics, free page hinting (on
+    /// the device's own workqueue).
+    enum Work { Size, Stats, Hint }
 }
 
 /// Wakeup signals: which work items have an event to handle, as the C

@@ -177,4 +177,52 @@ mod tests {
             assert!(b.alloc_stalls >= a.alloc_stalls);
         }
     }
+
+    /// Counts `n` `item` events, as the kernel does where they happen.
+    #[cfg(CONFIG_VM_EVENT_COUNTERS)]
+    fn count(item: bindings::vm_event_item, n: u64) -> Result {
+        // The helper counts on this CPU without disabling preemption itself: a spinlock does.
+        let lock = KBox::pin_init(crate::new_spinlock!(()), GFP_KERNEL)?;
+        let _guard = lock.lock();
+        for _ in 0..n {
+            // SAFETY: `item` is a valid vm event, counted with preemption disabled.
+            unsafe { bindings::movable_count_vm_event(item) };
+        }
+        Ok(())
+    }
+
+    #[cfg(CONFIG_VM_EVENT_COUNTERS)]
+    #[test]
+    fn each_value_is_read_from_its_own_counter() -> Result {
+        // Bump each event the balloon reports by a different amount: every value must move by
+        // its own event's amount, so that a value read from another counter shows.
+        let events = [
+            (bindings::vm_event_item_PSWPIN, 1u64),
+            (bindings::vm_event_item_PSWPOUT, 2),
+            (bindings::vm_event_item_PGMAJFAULT, 3),
+            (bindings::vm_event_item_OOM_KILL, 5),
+            (bindings::vm_event_item_ALLOCSTALL_NORMAL, 6),
+        ];
+        let before = MemStats::gather().vm_events.unwrap_or_default();
+        for &(item, n) in &events {
+            count(item, n)?;
+        }
+        #[cfg(CONFIG_HUGETLB_PAGE)]
+        {
+            count(bindings::vm_event_item_HTLB_BUDDY_PGALLOC, 1)?;
+            count(bindings::vm_event_item_HTLB_BUDDY_PGALLOC_FAIL, 7)?;
+        }
+        let after = MemStats::gather().vm_events.unwrap_or_default();
+        // Nothing in a KUnit kernel swaps, faults on user memory or kills meanwhile.
+        assert_eq!(after.swap_in_pages - before.swap_in_pages, 1);
+        assert_eq!(after.swap_out_pages - before.swap_out_pages, 2);
+        assert_eq!(after.major_faults - before.major_faults, 3);
+        assert_eq!(after.oom_kills - before.oom_kills, 5);
+        assert_eq!(after.alloc_stalls - before.alloc_stalls, 6);
+        if let (Some(a), Some(b)) = (after.hugetlb, before.hugetlb) {
+            assert_eq!(a.allocs - b.allocs, 1);
+            assert_eq!(a.alloc_failures - b.alloc_failures, 7);
+        }
+        Ok(())
+    }
 }

@@ -20,10 +20,10 @@ rc=0
 make --no-print-directory bench-short || rc=$?
 tally_one "$rc" bench-short
 
-# The stress suite, short form: 60 s per driver on the normal guest; each driver's run is a test.
+# The stress suite, short form: 50 s per driver on the normal guest; each driver's run is a test.
 for d in rust c; do
 	rc=0
-	STRESS_SECONDS=${STRESS_SHORT_SECONDS:-60} STRESS_DRIVERS=$d "$RB_REPO/scripts/rballoon/stress.sh" || rc=$?
+	STRESS_SECONDS=${STRESS_SHORT_SECONDS:-50} STRESS_DRIVERS=$d "$RB_REPO/scripts/rballoon/stress.sh" || rc=$?
 	tally_one "$rc" "stress (short), $d driver"
 done
 

@@ -687,9 +687,7 @@ impl PinnedDrop for DeviceState {
             // then delete them with the mandatory transport operation.
             unsafe {
                 DeviceStop::stop_now(vdev);
-                if let Some(del_vqs) = (*(*vdev).config).del_vqs {
-                    del_vqs(vdev);
-                }
+                DeviceStop::delete_queues(vdev);
             }
         }
         // SAFETY: `vdev` is valid by the type invariants, and this state is going away.

@@ -81,6 +81,20 @@ impl DeviceStop {
         }
     }
 
+    /// Deletes the queues of `vdev` with the mandatory transport operation (`del_vqs`), which
+    /// also frees their interrupts: process context, not one of the device's queue callbacks.
+    ///
+    /// # Safety
+    ///
+    /// `vdev` must be valid and stopped, and nothing may use its queues any more.
+    pub(super) unsafe fn delete_queues(vdev: *mut bindings::virtio_device) {
+        // SAFETY: `vdev` is valid (safety requirements), so are its transport operations.
+        if let Some(del_vqs) = unsafe { (*(*vdev).config).del_vqs } {
+            // SAFETY: Stopped and unused per the safety requirements.
+            unsafe { del_vqs(vdev) };
+        }
+    }
+
     /// Records that the device was stopped by other means (removal, shutdown).
     pub(super) fn mark_stopped(&self) {
         self.stopped.store(true, Release);

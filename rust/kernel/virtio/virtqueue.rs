@@ -268,15 +268,9 @@ impl PinnedDrop for VirtqueueSet {
                 unsafe { drain(vq) };
             }
         }
-        // SAFETY: By the type invariants `vdev` is valid and its queues still exist; every
-        // `Virtqueue` using them is gone. `del_vqs` is a mandatory transport operation; it frees
-        // interrupts, which `stop()` made sure is allowed here (process context, not a queue
-        // callback).
-        unsafe {
-            if let Some(del_vqs) = (*(*self.vdev).config).del_vqs {
-                del_vqs(self.vdev)
-            }
-        };
+        // SAFETY: By the type invariants `vdev` is valid and its queues still exist; the device
+        // is stopped and every `Virtqueue` using them is gone (each held a reference to `self`).
+        unsafe { DeviceStop::delete_queues(self.vdev) };
     }
 }
 
@@ -827,11 +821,7 @@ impl<'a> Device<device::Core<'a>> {
                 state.stop.stop();
                 // SAFETY: `vdev` is valid, stopped, and its queues were made just now and are
                 // used by nobody.
-                unsafe {
-                    if let Some(del_vqs) = (*(*vdev).config).del_vqs {
-                        del_vqs(vdev)
-                    }
-                };
+                unsafe { DeviceStop::delete_queues(vdev) };
                 return Err(e);
             }
         };

@@ -908,6 +908,41 @@ mod tests {
         found: usize,
         deleted: usize,
         resets: usize,
+        status: u8,
+    }
+
+    impl FakeTransport {
+        /// Fills in the transport operations of the zeroed `FakeTransport` at `raw` (the
+        /// status ones as given) and returns its `vdev`.
+        ///
+        /// # Safety
+        ///
+        /// `raw` must point to a live, zeroed `FakeTransport` that nothing else uses meanwhile;
+        /// `get_status` and `set_status` must be safe to call with its `vdev`.
+        unsafe fn init(
+            raw: *mut Self,
+            get_status: Option<unsafe extern "C" fn(*mut bindings::virtio_device) -> u8>,
+            set_status: Option<unsafe extern "C" fn(*mut bindings::virtio_device, u8)>,
+        ) -> *mut bindings::virtio_device {
+            // SAFETY: Per the safety requirements; the reference does not outlive this block.
+            unsafe {
+                let t = &mut *raw;
+                t.ops.find_vqs = Some(fake_find_vqs);
+                t.ops.del_vqs = Some(fake_del_vqs);
+                t.ops.reset = Some(fake_reset);
+                t.ops.synchronize_cbs = Some(fake_synchronize_cbs);
+                t.ops.get_status = get_status;
+                t.ops.set_status = set_status;
+                t.vdev.config = &raw const t.ops;
+                bindings::INIT_LIST_HEAD(&raw mut t.vdev.vqs);
+                bindings::__spin_lock_init(
+                    &raw mut t.vdev.vqs_list_lock,
+                    c"FakeTransport::vqs_list_lock".as_char_ptr(),
+                    crate::static_lock_class!().as_ptr(),
+                );
+                &raw mut t.vdev
+            }
+        }
     }
 
     // SAFETY: Every field is an integer, a pointer, an optional function pointer or made of them.
@@ -996,23 +1031,9 @@ mod tests {
             pin_init::init_zeroed::<FakeTransport>(),
             GFP_KERNEL,
         )?);
-        // SAFETY: `raw` is a live allocation of ours until it is rebuilt below; the references
-        // made here do not outlive this block.
-        let vdev = unsafe {
-            let t = &mut *raw;
-            t.ops.find_vqs = Some(fake_find_vqs);
-            t.ops.del_vqs = Some(fake_del_vqs);
-            t.ops.reset = Some(fake_reset);
-            t.ops.synchronize_cbs = Some(fake_synchronize_cbs);
-            t.vdev.config = &raw const t.ops;
-            bindings::INIT_LIST_HEAD(&raw mut t.vdev.vqs);
-            bindings::__spin_lock_init(
-                &raw mut t.vdev.vqs_list_lock,
-                c"FakeTransport::vqs_list_lock".as_char_ptr(),
-                crate::static_lock_class!().as_ptr(),
-            );
-            &raw mut t.vdev
-        };
+        // SAFETY: `raw` is a live, zeroed allocation of ours until it is rebuilt below; nothing
+        // calls the status operations, which it has none of.
+        let vdev = unsafe { FakeTransport::init(raw, None, None) };
         let state = KBox::pin_init(
             DeviceState::new::<Queue, Work>(vdev, [no_callback; MAX_CALLBACK_QUEUES], record_work),
             GFP_KERNEL,
@@ -1082,6 +1103,129 @@ mod tests {
         })?;
         // Removing the state (a failed probe, say) has nothing left to stop.
         assert_eq!(counts, (1, 1, 1));
+        Ok(())
+    }
+
+    /// The made-up device the leaking driver below is bound to, by address (0: none).
+    static LEAKING_ON: crate::sync::atomic::Atomic<usize> = crate::sync::atomic::Atomic::new(0);
+
+    /// When the leaked registration was torn down: the device's resets by then, plus one (0: not
+    /// torn down).
+    static REVOKED_AT: crate::sync::atomic::Atomic<usize> = crate::sync::atomic::Atomic::new(0);
+
+    /// The registration the driver leaked, by address, for the test to free once it is done.
+    static LEAKED: crate::sync::atomic::Atomic<usize> = crate::sync::atomic::Atomic::new(0);
+
+    /// # Safety
+    ///
+    /// `LEAKING_ON` must hold the address of a live `FakeTransport` that nothing else uses
+    /// meanwhile.
+    unsafe fn revoke_leaked(_e: *const crate::binding::Enrolment) {
+        let vdev = LEAKING_ON.load(crate::sync::atomic::Acquire) as *mut bindings::virtio_device;
+        // SAFETY: Per the safety requirements.
+        let resets = unsafe { fake(vdev) }.resets;
+        REVOKED_AT.store(resets + 1, crate::sync::atomic::Release);
+    }
+
+    /// A driver that registers something through its binding and forgets it (`mem::forget`),
+    /// which safe code may do: only the bus can end it.
+    struct Leaking;
+
+    static LEAKING_IDS: crate::device_id::IdArray<super::super::DeviceId, (), 1> =
+        crate::device_id::IdArray::new_without_index([super::super::DeviceId::new(0)]);
+
+    impl super::super::Driver for Leaking {
+        type Data<'bound> = ();
+        const ID_TABLE: super::super::IdTable = &LEAKING_IDS;
+        const FEATURES: &'static [u32] = &[];
+        type Queue = Queue;
+        type Work = Work;
+
+        fn probe<'bound>(
+            _dev: &'bound Device<device::Core<'_>>,
+            binding: crate::binding::Binding<'bound>,
+        ) -> impl PinInit<(), Error> + 'bound {
+            // SAFETY: `revoke_leaked` only reads the made-up device, which the test keeps alive
+            // and unshared until the binding has ended.
+            let init = unsafe { crate::binding::Enrolment::new(revoke_leaked) };
+            let leak = move || -> Result {
+                let e = KBox::pin_init(init, GFP_KERNEL)?;
+                e.as_ref().enrol(binding)?;
+                LEAKED.store(
+                    core::ptr::from_ref(&*e) as usize,
+                    crate::sync::atomic::Release,
+                );
+                core::mem::forget(e);
+                Ok(())
+            };
+            leak()
+        }
+    }
+
+    #[test]
+    fn a_leaked_registration_ends_with_the_binding_before_the_device_stops() -> Result {
+        type Bus = super::super::Adapter<Leaking>;
+
+        /// # Safety
+        ///
+        /// As [`fake`].
+        unsafe extern "C" fn get_status(vdev: *mut bindings::virtio_device) -> u8 {
+            // SAFETY: Per the safety requirements.
+            unsafe { fake(vdev) }.status
+        }
+        /// # Safety
+        ///
+        /// As [`fake`].
+        unsafe extern "C" fn set_status(vdev: *mut bindings::virtio_device, status: u8) {
+            // SAFETY: Per the safety requirements.
+            unsafe { fake(vdev) }.status = status;
+        }
+
+        let raw = KBox::into_raw(KBox::init(
+            pin_init::init_zeroed::<FakeTransport>(),
+            GFP_KERNEL,
+        )?);
+        // SAFETY: `raw` is a live allocation of ours until it is rebuilt below; nothing else uses
+        // it meanwhile but the bus callbacks called here, one at a time.
+        let vdev = unsafe { FakeTransport::init(raw, Some(get_status), Some(set_status)) };
+        LEAKING_ON.store(vdev as usize, crate::sync::atomic::Release);
+        REVOKED_AT.store(0, crate::sync::atomic::Release);
+        LEAKED.store(0, crate::sync::atomic::Release);
+
+        assert_eq!(Bus::probe_callback(vdev), 0);
+        let leaked = LEAKED.load(crate::sync::atomic::Acquire);
+        assert!(leaked != 0);
+        // Bound and live: the registration stands.
+        assert_eq!(REVOKED_AT.load(crate::sync::atomic::Acquire), 0);
+        // SAFETY: The made-up device is alive, and the bus is not in one of its callbacks.
+        let status = unsafe { fake(vdev) }.status;
+        assert_eq!(
+            u32::from(status) & bindings::VIRTIO_CONFIG_S_DRIVER_OK,
+            bindings::VIRTIO_CONFIG_S_DRIVER_OK
+        );
+
+        Bus::remove_callback(vdev);
+        // Ended by the removal, while the device still ran (no reset yet): what a registration
+        // ends may still use the device's queues, as the driver's own teardown does.
+        assert_eq!(REVOKED_AT.load(crate::sync::atomic::Acquire), 1);
+        // SAFETY: The made-up device is alive; the bus is done with it.
+        let resets = unsafe { fake(vdev) }.resets;
+        assert_eq!(resets, 1);
+
+        // What the driver core does after `remove`: the data goes.
+        // SAFETY: `vdev` is a `struct virtio_device`; `Device` is a transparent wrapper of it.
+        let dev = unsafe { &*vdev.cast::<Device<device::CoreInternal<'_>>>() };
+        // SAFETY: `probe_callback` stored a `DriverData` of this type, and nothing else took it.
+        drop(unsafe {
+            dev.as_ref()
+                .drvdata_obtain::<super::super::DriverData<()>>()
+        });
+        // SAFETY: The enrolment was torn down (`DONE`): nothing refers to it any more, and it
+        // came from a `KBox` of this type.
+        drop(unsafe { KBox::from_raw(leaked as *mut crate::binding::Enrolment) });
+        LEAKING_ON.store(0, crate::sync::atomic::Release);
+        // SAFETY: `raw` came from `KBox::into_raw` and nothing refers to it any more.
+        drop(unsafe { KBox::from_raw(raw) });
         Ok(())
     }
 

@@ -749,6 +749,87 @@ static void several_requests_go_to_the_host_with_one_notification(struct kunit *
 }
 
 /*
+ * Removing the driver with the balloon inflated deflates it first and tells the host of every
+ * page it gives back (MUST_TELL_HOST), as C's remove_common() does: a host not told would go on
+ * treating pages the guest uses again as its own. `actual` says the balloon is empty.
+ */
+static void removal_tells_the_host_of_every_page_it_gives_back(struct kunit *test)
+{
+	unsigned long base = balloon_pages();
+	struct test_host *th = th_new(test, FEATURES_BASE);
+
+	th_start(test, th);
+	th_set_target(th, 2048);
+	KUNIT_ASSERT_TRUE(test, th_wait_for(th_actual(th) == 2048, 10000));
+	KUNIT_EXPECT_EQ(test, balloon_pages() - base, 2048UL);
+	th_remove(th);
+	KUNIT_EXPECT_EQ(test, READ_ONCE(th->pfns_inflated), 2048UL);
+	KUNIT_EXPECT_EQ_MSG(test, READ_ONCE(th->pfns_deflated), 2048UL,
+			    "removal gave pages back without telling the host");
+	KUNIT_EXPECT_EQ(test, th_actual(th), 0U);
+	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
+	th_destroy(th);
+}
+
+/* The value of statistic @tag in the last statistics the host got; U64_MAX if it was not there. */
+static u64 th_stat(struct test_host *th, u16 tag)
+{
+	u64 val = U64_MAX;
+	unsigned int i;
+
+	spin_lock_irq(&th->lock);
+	for (i = 0; i < th->nstats; i++)
+		if (th->stats[i].tag == tag)
+			val = th->stats[i].val;
+	spin_unlock_irq(&th->lock);
+	return val;
+}
+
+/*
+ * Each statistics request is answered with the guest's memory as it is then: after the guest
+ * took 64 MiB, the host's next answer has that much less free memory, not a copy of the first.
+ */
+static void statistics_are_gathered_anew_at_every_request(struct kunit *test)
+{
+	struct test_host *th = th_new(test, FEATURES_BASE | BIT_ULL(VIRTIO_BALLOON_F_STATS_VQ));
+	unsigned long take = 64UL << 20, i, answers;
+	struct page *page, *next;
+	struct list_head taken;
+	u64 before, after;
+
+	INIT_LIST_HEAD(&taken);
+
+	th_start(test, th);
+	/* The buffer the driver primed at probe, answered and kept by the host, as QEMU does. */
+	KUNIT_ASSERT_TRUE(test, th_wait_for(READ_ONCE(th->stats_answers) == 1, 5000));
+	before = th_stat(th, VIRTIO_BALLOON_S_MEMFREE);
+	KUNIT_ASSERT_NE(test, before, U64_MAX);
+	for (i = 0; i < take >> PAGE_SHIFT; i++) {
+		page = alloc_page(GFP_KERNEL);
+		if (!page)
+			break;
+		list_add(&page->lru, &taken);
+	}
+	KUNIT_EXPECT_EQ(test, i, take >> PAGE_SHIFT);
+	/* The host asks again: it uses the buffer it kept. */
+	answers = READ_ONCE(th->stats_answers);
+	th_give_back(th, TH_STATS);
+	KUNIT_EXPECT_TRUE(test, th_wait_for(READ_ONCE(th->stats_answers) > answers, 5000));
+	after = th_stat(th, VIRTIO_BALLOON_S_MEMFREE);
+	list_for_each_entry_safe(page, next, &taken, lru) {
+		list_del(&page->lru);
+		__free_page(page);
+	}
+	kunit_info(test, "free memory told: %llu MiB, then %llu MiB with %lu MiB taken\n",
+		   before >> 20, after >> 20, take >> 20);
+	/* Three quarters: the per-cpu lists and other allocations move a little either way. */
+	KUNIT_EXPECT_LE_MSG(test, after, before - take / 4 * 3,
+			    "the second answer does not show the memory the guest took");
+	th_remove(th);
+	th_destroy(th);
+}
+
+/*
  * The host stops using inflate requests for longer than the driver waits (a VMM stopped with
  * SIGSTOP, a frozen cgroup), then uses them after all. The balloon waits for it meanwhile, and
  * then follows the target again, up and down, with every page accounted for.
@@ -1409,6 +1490,8 @@ static struct kunit_case hostile_host_cases[] = {
 	KUNIT_CASE(several_requests_go_to_the_host_with_one_notification),
 	KUNIT_CASE(used_lengths_the_driver_never_gave_are_ignored),
 	KUNIT_CASE(statistics_asked_faster_than_answered),
+	KUNIT_CASE(statistics_are_gathered_anew_at_every_request),
+	KUNIT_CASE(removal_tells_the_host_of_every_page_it_gives_back),
 	KUNIT_CASE_SLOW(hint_command_ids_out_of_order),
 	KUNIT_CASE_SLOW(a_host_keeping_inflate_requests_stops_the_balloon_not_the_guest),
 	KUNIT_CASE_SLOW(a_host_keeping_deflate_requests_keeps_the_pages_in_the_balloon),

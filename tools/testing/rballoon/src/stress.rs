@@ -7,6 +7,7 @@
 //! at boot, no splat, and the guest answering.
 
 use crate::stress_guest::{self as guest, FailPageAlloc};
+use rballoon_harness::scenario::PAGE;
 use rballoon_harness::{Context, Driver, Error, Result, Transport, Vm, VmConfig};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -27,6 +28,16 @@ pub struct Opts {
     /// PCI or MMIO.
     pub transport: Transport,
 }
+
+/// The least the balloon must hold, MiB, when the driver is unloaded or its device removed, and
+/// when the OOM hog starts: with less, an action "with the balloon inflated" tests an empty one.
+const MIN_INFLATED_MIB: u64 = 32;
+
+/// Balloon pages that may be left when the OOM killer runs although the driver deflates on OOM:
+/// the OOM notifier finds none to give back only when the balloon is empty or every page left is
+/// isolated by a compaction migrating it (at most 32 at a time); rounded up to what one
+/// notification gives back (256 pages).
+const OOM_KILL_LEFT_PAGES: u64 = 256;
 
 /// xorshift64*: small, seedable, reproducible across runs and platforms.
 pub struct Rng(u64);
@@ -297,6 +308,19 @@ impl<'a> Stress<'a> {
                 return Err(Error::other(p));
             }
         }
+        // A run that ends before every kind of action ran once has not tested them all, whatever
+        // else it found.
+        if !deck.is_empty() {
+            let left: Vec<&str> = deck.iter().rev().map(|a| a.name()).collect();
+            self.report.problems.push(format!(
+                "the random phase ended after {:.0} s before every action had run once ({} not \
+                 run: {}): --seconds / STRESS_SECONDS={} is too short for this guest",
+                t0.elapsed().as_secs_f64(),
+                left.len(),
+                left.join(", "),
+                self.o.seconds
+            ));
+        }
         Ok(())
     }
 
@@ -306,19 +330,58 @@ impl<'a> Stress<'a> {
     }
 
     /// Set a target well below the guest size and wait (bounded) until the balloon holds at least
-    /// some of it; returns the balloon size reached, MiB.
-    fn inflate_some(&mut self) -> Result<u64> {
+    /// [`MIN_INFLATED_MIB`], as QEMU sees it (`actual`) and then as the guest counts it
+    /// (`Balloon:`). Returns the target set, bytes, and the guest's count, MiB: what unloading or
+    /// removing the driver must give back. An error for `what` if the balloon stays smaller.
+    fn inflate_some(&mut self, what: &str) -> Result<(u64, u64)> {
         let mib = self.rng.range(self.lo_mib, self.o.mem_mib * 3 / 4);
         self.vm.qmp().balloon(mib << 20)?;
-        let t0 = Instant::now();
+        let (t0, bound) = (Instant::now(), self.t(20));
         loop {
             let actual = self.vm.qmp().query_balloon()?;
             let ballooned = (self.mem - actual) >> 20;
-            if ballooned >= 32 || t0.elapsed() > self.t(20) {
-                return Ok(ballooned);
+            if ballooned >= MIN_INFLATED_MIB {
+                break;
+            }
+            if t0.elapsed() > bound {
+                return Err(Error::other(format!(
+                    "{what}: the balloon holds {ballooned} MiB {bound:?} after a target of {mib} \
+                     MiB, less than the {MIN_INFLATED_MIB} MiB the action needs"
+                )));
             }
             sleep(Duration::from_millis(100));
         }
+        let held = self.vm.meminfo_kb("Balloon")? >> 10;
+        if held < MIN_INFLATED_MIB {
+            return Err(Error::other(format!(
+                "{what}: QEMU's actual leaves at least {MIN_INFLATED_MIB} MiB ballooned but the \
+                 guest's Balloon: is {held} MiB"
+            )));
+        }
+        Ok((mib << 20, held))
+    }
+
+    /// Wait (bounded) until the balloon is at rest, at `target` (bytes) or out of puff, then make
+    /// what it holds the target: the driver then takes nothing back on its own, so that pages
+    /// deflated on OOM stay deflated. The balloon's size, bytes.
+    fn pin_balloon(&mut self, target: u64) -> Result<u64> {
+        let (t0, bound) = (Instant::now(), self.t(30));
+        let mut actual = self.vm.qmp().query_balloon()?;
+        let mut since = Instant::now();
+        while actual != target && since.elapsed() < Duration::from_secs(1) && t0.elapsed() < bound {
+            sleep(Duration::from_millis(100));
+            let now = self.vm.qmp().query_balloon()?;
+            if now != actual {
+                (actual, since) = (now, Instant::now());
+            }
+        }
+        if actual != target {
+            self.vm.qmp().balloon(actual)?;
+            self.vm
+                .wait_balloon_actual(actual, bound)
+                .context("pinning the balloon at what it holds")?;
+        }
+        Ok(self.mem - actual)
     }
 
     /// The driver gone, the balloon must be empty on both sides.
@@ -348,7 +411,7 @@ impl<'a> Stress<'a> {
 
     fn reload(&mut self) -> Result<()> {
         let d = self.o.driver;
-        let mib = self.inflate_some()?;
+        let (_, mib) = self.inflate_some("unload+reload")?;
         self.report.add("MiB inflated at unload", mib);
         self.vm.unload_driver(d)?;
         self.check_empty("after rmmod")?;
@@ -357,7 +420,7 @@ impl<'a> Stress<'a> {
 
     fn remove(&mut self) -> Result<()> {
         let d = self.o.driver;
-        let mib = self.inflate_some()?;
+        let (_, mib) = self.inflate_some("device removal")?;
         self.report.add("MiB inflated at remove", mib);
         match self.o.transport {
             Transport::Pci => {
@@ -397,7 +460,11 @@ impl<'a> Stress<'a> {
     }
 
     fn oom_hog(&mut self) -> Result<()> {
-        let ballooned = self.inflate_some()?;
+        let (target, _) = self.inflate_some("OOM hog")?;
+        // At rest: a balloon still inflating would take back what it gives on OOM, and refill
+        // after a kill, hiding whether it was empty then.
+        let ballooned = self.pin_balloon(target)? >> 20;
+        self.report.add("MiB ballooned at OOM hog", ballooned);
         let m = self.vm.meminfo()?;
         let avail_mib = m.get("MemAvailable").copied().unwrap_or(0) >> 10;
         // More than is available, less than available plus the balloon minus what the churn may
@@ -412,22 +479,19 @@ impl<'a> Stress<'a> {
         let after = self.vm.vmstat()?;
         let deflated =
             counter(&after, "balloon_deflate").saturating_sub(counter(&before, "balloon_deflate"));
+        let kills = counter(&after, "oom_kill").saturating_sub(counter(&before, "oom_kill"));
         self.report.add("OOM-hog balloon pages deflated", deflated);
-        self.report.add(
-            "OOM kills",
-            counter(&after, "oom_kill").saturating_sub(counter(&before, "oom_kill")),
-        );
-        match st {
-            0 => self.report.add("OOM hogs completed", 1),
-            // Killed: with the host re-inflating concurrently an OOM kill can be legitimate.
-            137 => self.report.add("OOM hogs killed", 1),
-            _ => {
-                return Err(Error::other(format!(
-                    "OOM hog of {mib} MiB exited {st}: {}",
-                    out.trim()
-                )))
-            }
-        }
+        self.report.add("OOM kills", kills);
+        let left = counter(&after, "nr_balloon_pages");
+        let end = oom_hog_end(st, kills, left).map_err(|problem| {
+            Error::other(format!(
+                "OOM hog of {mib} MiB ({avail_mib} MiB available, {ballooned} MiB ballooned, {} \
+                 MiB deflated meanwhile): {problem}: {}",
+                (deflated * PAGE) >> 20,
+                out.trim()
+            ))
+        })?;
+        self.report.add(end, 1);
         Ok(())
     }
 
@@ -540,6 +604,34 @@ impl<'a> Stress<'a> {
     }
 }
 
+/// How an OOM hog ended (the name of its count in the report), from its exit status `st`, the
+/// OOM kills while it ran, and the balloon pages `left` afterwards; or what went wrong.
+///
+/// The OOM killer runs only when no OOM notifier freed anything (`out_of_memory()`): with
+/// deflate-on-OOM, once the balloon has nothing left to give. The balloon is pinned during the
+/// hog (`Stress::pin_balloon`) and does not refill on its own: what it holds afterwards, it held
+/// at any kill.
+fn oom_hog_end(st: i32, kills: u64, left: u64) -> std::result::Result<&'static str, String> {
+    match (st, kills) {
+        (0, 0) => return Ok("OOM hogs completed"),
+        (0 | 137, 1..) => {}
+        (137, 0) => return Err("killed (137), but not by the OOM killer".into()),
+        _ => return Err(format!("exited {st}")),
+    }
+    if left > OOM_KILL_LEFT_PAGES {
+        return Err(format!(
+            "the OOM killer ran {kills} time(s) (the hog exited {st}) while the balloon still held \
+             {} MiB: deflating on OOM must give the balloon's pages first",
+            (left * PAGE) >> 20
+        ));
+    }
+    Ok(if st == 0 {
+        "OOM hogs completed"
+    } else {
+        "OOM hogs killed, balloon empty"
+    })
+}
+
 /// A /proc/vmstat counter, 0 if absent.
 fn counter(v: &BTreeMap<String, u64>, k: &str) -> u64 {
     v.get(k).copied().unwrap_or(0)
@@ -552,7 +644,32 @@ fn held(v: &BTreeMap<String, u64>) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{Action, Rng};
+    use super::{oom_hog_end, Action, Rng, OOM_KILL_LEFT_PAGES};
+
+    #[test]
+    fn an_oom_kill_is_a_failure_unless_the_balloon_was_empty() {
+        assert_eq!(oom_hog_end(0, 0, 100_000), Ok("OOM hogs completed"));
+        // Killed with the balloon empty, or all but the pages compaction had isolated: the
+        // balloon gave what it had.
+        assert_eq!(oom_hog_end(137, 1, 0), Ok("OOM hogs killed, balloon empty"));
+        assert_eq!(
+            oom_hog_end(137, 2, OOM_KILL_LEFT_PAGES),
+            Ok("OOM hogs killed, balloon empty")
+        );
+        assert_eq!(oom_hog_end(0, 1, 0), Ok("OOM hogs completed"));
+        // The OOM killer ran while the balloon held pages: the hog or another process was killed
+        // for memory the balloon should have given.
+        let held = 150 << 8;
+        assert!(oom_hog_end(137, 1, held)
+            .unwrap_err()
+            .contains("still held 150 MiB"));
+        assert!(oom_hog_end(0, 1, held).unwrap_err().contains("still held"));
+        // Killed by something else, or failed.
+        assert!(oom_hog_end(137, 0, 0)
+            .unwrap_err()
+            .contains("not by the OOM killer"));
+        assert_eq!(oom_hog_end(1, 0, 0), Err("exited 1".to_string()));
+    }
 
     #[test]
     fn rng_is_reproducible_and_in_range() {

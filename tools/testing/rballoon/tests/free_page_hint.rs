@@ -9,12 +9,16 @@
 //!
 //! - while the migration runs, the guest took free memory away: `MemFree` fell by most of what
 //!   was free, in blocks handed to the host (the Rust driver counts them in debugfs);
+//! - QEMU used the hints: it skipped a good part of the guest's free memory, neither sending it
+//!   nor reading it as zero pages (`query-migrate`'s RAM figures, see [`MigratedRam`]); a guest
+//!   that takes its free memory without telling the host where it is gets nothing skipped;
 //! - once DONE is delivered, every block is back: `MemFree` is back within a margin, and the Rust
 //!   driver holds no block.
 //!
 //! Without the `rust-driver` feature only the C driver runs; with it both run, one after the
 //! other on fresh guests, and their figures are printed side by side.
 
+use rballoon_harness::qmp::MigratedRam;
 use rballoon_harness::{Driver, Error, Result, Transport, Vm, VmConfig};
 use serde_json::{json, Value};
 use std::thread::sleep;
@@ -41,6 +45,15 @@ const DONE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The guest must hand over at least this share of its free memory while the migration runs.
 const MIN_HINTED_SHARE: f64 = 0.5;
 
+/// QEMU must have skipped at least this share of what the guest had free; without hinting it
+/// skips nothing. A hint spares only pages QEMU's first pass has not reached yet. That pass goes
+/// up the guest's addresses at the pace the bandwidth cap sets for the pages it sends, the used
+/// ones, most of which (kernel, page cache, modules) lie low; zero pages cost it next to nothing.
+/// The guest hints its free 4 MiB blocks from the lowest up as soon as the migration starts, so
+/// most of what it hints (at least half its free memory: `MIN_HINTED_SHARE`) should be ahead of
+/// the pass. A quarter leaves room for a slow guest on a loaded host.
+const MIN_SKIPPED_SHARE: f64 = 0.25;
+
 /// After DONE, `MemFree` must be back to within this much of where it started.
 const MEMFREE_MARGIN_KB: u64 = 64 * 1024;
 
@@ -66,6 +79,8 @@ struct Figures {
     rounds: Option<u64>,
     /// Blocks held after DONE (Rust driver).
     held_after: Option<u64>,
+    /// What QEMU did with the guest's RAM.
+    ram: Option<MigratedRam>,
     /// From `migrate` to `completed`.
     migration: Duration,
     /// From `cont` until the memory was back.
@@ -76,7 +91,7 @@ impl Figures {
     fn row(&self) -> String {
         let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
         format!(
-            "{:<6} | {:<4} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>9.1} | {:>7.2}",
+            "{:<6} | {:<4} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>12} | {:>9.1} | {:>7.2}",
             self.driver.map_or("?".into(), |d| d.to_string()),
             self.transport.map_or("?", transport_name),
             self.free_before_kb >> 10,
@@ -86,6 +101,7 @@ impl Figures {
             opt(self.hinted),
             opt(self.rounds),
             opt(self.held_after),
+            opt(self.ram.map(|r| r.skipped() >> 20)),
             self.migration.as_secs_f64(),
             self.back_after.as_secs_f64(),
         )
@@ -93,7 +109,7 @@ impl Figures {
 
     fn header() -> String {
         format!(
-            "{:<6} | {:<4} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>9} | {:>7}",
+            "{:<6} | {:<4} | {:>10} | {:>10} | {:>10} | {:>8} | {:>6} | {:>6} | {:>10} | {:>12} | {:>9} | {:>7}",
             "driver",
             "bus",
             "free MiB",
@@ -103,6 +119,7 @@ impl Figures {
             "hinted",
             "rounds",
             "held after",
+            "skipped MiB",
             "migrate s",
             "back s"
         )
@@ -175,7 +192,11 @@ fn hint_during_migration(driver: Driver, t: Transport) -> Result<Figures> {
     loop {
         let status = migration_status(&mut vm)?;
         match status.as_str() {
-            "completed" => break,
+            "completed" => {
+                let r = vm.qmp().execute("query-migrate", None)?;
+                f.ram = Some(MigratedRam::from_query_migrate(&r)?);
+                break;
+            }
             "failed" | "cancelled" => {
                 let r: Value = vm.qmp().execute("query-migrate", None)?;
                 return Err(Error::other(format!("migration {status}: {r}")));
@@ -259,6 +280,25 @@ fn hint_during_migration(driver: Driver, t: Transport) -> Result<Figures> {
             taken_kb >> 10,
             f.free_before_kb >> 10,
             share * 100.0
+        )));
+    }
+    // QEMU skipped what the guest hinted: the hints reached it, with the right addresses and
+    // lengths of free memory (skipping used memory instead would go unnoticed here: the target
+    // discards the stream).
+    let ram = f.ram.expect("read when the migration completed");
+    let skipped_kb = ram.skipped() >> 10;
+    if (skipped_kb as f64) < MIN_SKIPPED_SHARE * f.free_before_kb as f64 {
+        return Err(Error::other(format!(
+            "{driver} on {}: QEMU skipped only {} MiB of the guest's {} MiB of RAM, {} MiB free \
+             (wanted {:.0} %): it sent {} pages and found {} zero, of {} bytes",
+            transport_name(t),
+            skipped_kb >> 10,
+            ram.total >> 20,
+            f.free_before_kb >> 10,
+            MIN_SKIPPED_SHARE * 100.0,
+            ram.normal_pages,
+            ram.zero_pages,
+            ram.page_size
         )));
     }
     if rust {

@@ -87,9 +87,10 @@ impl CompactWrite {
     }
 }
 
-/// What one compaction run measured.
+/// What fragmenting and inflating into the holes measured: the first half of [`run`], and all of
+/// [`inflate_into_holes`].
 #[derive(Clone, Debug)]
-pub struct Figures {
+pub struct Inflation {
     /// The driver case.
     pub case: Case,
     /// MiB the fragmenter wrote.
@@ -98,6 +99,86 @@ pub struct Figures {
     pub holes_mib: u64,
     /// The balloon after inflating (and before compaction).
     pub inflated: Step,
+    /// Free 2 MiB blocks ([`free_2m_blocks`]) with the fragmenter's holes in memory, before the
+    /// balloon inflates ...
+    pub free_2m_fragmented: u64,
+    /// ... and after it inflated by what the fragmenter gave back (an inflation that takes the
+    /// holes first, as order-0 allocations do, leaves these blocks alone).
+    pub free_2m_inflated: u64,
+    /// Free memory, MiB, in blocks smaller than 2 MiB (MemFree less [`free_2m_blocks`]) with
+    /// the fragmenter's holes in memory ...
+    pub small_free_fragmented: u64,
+    /// ... and after the balloon inflated: what a balloon that took blocks while smaller free
+    /// pages were left leaves behind.
+    pub small_free_inflated: u64,
+    /// The host's side, MiB: QEMU's resident guest RAM and the part of it in transparent huge
+    /// pages ([`hostmem::qemu_anon_huge_kb`]) with the fragmenter's holes in memory ...
+    pub host_rss_fragmented: u64,
+    pub host_thp_fragmented: u64,
+    /// ... and after the balloon inflated: what the host gained, and how many of its huge pages
+    /// the balloon's discards split.
+    pub host_rss_inflated: u64,
+    pub host_thp_inflated: u64,
+}
+
+impl Inflation {
+    /// Free 2 MiB blocks the balloon's inflation took.
+    pub fn free_2m_taken(&self) -> u64 {
+        self.free_2m_fragmented
+            .saturating_sub(self.free_2m_inflated)
+    }
+
+    /// Of those, how many it took while smaller free pages were left (counted in 2 MiB of them):
+    /// what a balloon that fills the holes first, as order-0 allocations do, keeps near zero.
+    /// Blocks taken because the holes ran out are not counted: how much free memory a guest has
+    /// outside its free blocks varies from boot to boot by more than the holes' margin (392 and
+    /// 396 MiB for 430 MiB of holes, the C driver taking 14 blocks), so the blocks taken alone
+    /// tell more of the boot than of the driver.
+    pub fn free_2m_taken_early(&self) -> u64 {
+        self.free_2m_taken().min(self.small_free_inflated / 2)
+    }
+
+    /// The row of [`inflation_table`].
+    pub fn row(&self) -> Vec<String> {
+        vec![
+            self.case.to_string(),
+            format!("{}/{}", self.holes_mib, self.frag_mib),
+            format!("{:.0}", self.inflated.balloon_kb as f64 / 1024.0),
+            format!("{}/{}", self.free_2m_fragmented, self.free_2m_inflated),
+            format!(
+                "{}/{}",
+                self.small_free_fragmented, self.small_free_inflated
+            ),
+            self.free_2m_taken_early().to_string(),
+            format!("{}/{}", self.host_rss_fragmented, self.host_rss_inflated),
+            format!("{}/{}", self.host_thp_fragmented, self.host_thp_inflated),
+        ]
+    }
+}
+
+/// The inflation figures of several runs, side by side.
+pub fn inflation_table(title: &str, runs: &[Inflation]) -> String {
+    super::side_by_side(
+        title,
+        &[
+            "driver",
+            "holes/frag MiB",
+            "balloon MiB",
+            "free 2M: fragmented/inflated",
+            "small free MiB",
+            "2M taken early",
+            "host RSS MiB",
+            "host THP MiB",
+        ],
+        &runs.iter().map(Inflation::row).collect::<Vec<_>>(),
+    )
+}
+
+/// What one compaction run measured.
+#[derive(Clone, Debug)]
+pub struct Figures {
+    /// Fragmenting and inflating into the holes (with the driver case).
+    pub inflation: Inflation,
     /// `balloon_migrate` events from inflating until just before `compact_memory`.
     pub migrated_before: u64,
     /// `balloon_migrate` events during the `compact_memory` writes.
@@ -120,46 +201,8 @@ pub struct Figures {
     pub after_hugepages: Step,
     /// Each `compact_memory` write's counters.
     pub writes: Vec<CompactWrite>,
-    /// Free 2 MiB blocks ([`free_2m_blocks`]) with the fragmenter's holes in memory, before the
-    /// balloon inflates; ...
-    pub free_2m_fragmented: u64,
-    /// ... after it inflated by what the fragmenter gave back (an inflation that takes the holes
-    /// first, as order-0 allocations do, leaves these blocks alone) ...
-    pub free_2m_inflated: u64,
-    /// ... and before the first `compact_memory` write, the fragmenter gone.
+    /// Free 2 MiB blocks before the first `compact_memory` write, the fragmenter gone.
     pub free_2m_compact: u64,
-    /// Free memory, MiB, in blocks smaller than 2 MiB (MemFree less [`free_2m_blocks`]) with
-    /// the fragmenter's holes in memory ...
-    pub small_free_fragmented: u64,
-    /// ... and after the balloon inflated: what a balloon that took blocks while smaller free
-    /// pages were left leaves behind.
-    pub small_free_inflated: u64,
-    /// The host's side, MiB: QEMU's resident guest RAM and the part of it in transparent huge
-    /// pages ([`hostmem::qemu_anon_huge_kb`]) with the fragmenter's holes in memory ...
-    pub host_rss_fragmented: u64,
-    pub host_thp_fragmented: u64,
-    /// ... and after the balloon inflated: what the host gained, and how many of its huge pages
-    /// the balloon's discards split.
-    pub host_rss_inflated: u64,
-    pub host_thp_inflated: u64,
-}
-
-impl Figures {
-    /// Free 2 MiB blocks the balloon's inflation took.
-    pub fn free_2m_taken(&self) -> u64 {
-        self.free_2m_fragmented
-            .saturating_sub(self.free_2m_inflated)
-    }
-
-    /// Of those, how many it took while smaller free pages were left (counted in 2 MiB of them):
-    /// what a balloon that fills the holes first, as order-0 allocations do, keeps near zero.
-    /// Blocks taken because the holes ran out are not counted: how much free memory a guest has
-    /// outside its free blocks varies from boot to boot by more than the holes' margin (392 and
-    /// 396 MiB for 430 MiB of holes, the C driver taking 14 blocks), so the blocks taken alone
-    /// tell more of the boot than of the driver.
-    pub fn free_2m_taken_early(&self) -> u64 {
-        self.free_2m_taken().min(self.small_free_inflated / 2)
-    }
 }
 
 impl Figures {
@@ -171,10 +214,11 @@ impl Figures {
     /// The row of [`table`].
     pub fn row(&self) -> Vec<String> {
         let mib = |s: &Step| format!("{:.0}", s.balloon_kb as f64 / 1024.0);
+        let i = &self.inflation;
         vec![
-            self.case.to_string(),
-            format!("{}/{}", self.holes_mib, self.frag_mib),
-            mib(&self.inflated),
+            i.case.to_string(),
+            format!("{}/{}", i.holes_mib, i.frag_mib),
+            mib(&i.inflated),
             mib(&self.after_hugepages),
             self.migrated_compact.to_string(),
             self.migrated().to_string(),
@@ -182,8 +226,8 @@ impl Figures {
             format!("{:.1}", self.compact_secs),
             format!("{}/{}", self.hugepages, self.hugepages_asked),
             format!("{:.1}", self.hugepage_secs),
-            format!("{}/{}", self.host_rss_fragmented, self.host_rss_inflated),
-            format!("{}/{}", self.host_thp_fragmented, self.host_thp_inflated),
+            format!("{}/{}", i.host_rss_fragmented, i.host_rss_inflated),
+            format!("{}/{}", i.host_thp_fragmented, i.host_thp_inflated),
         ]
     }
 }
@@ -203,13 +247,14 @@ pub fn table(title: &str, runs: &[Figures]) -> String {
     let rows: Vec<Vec<String>> = runs
         .iter()
         .flat_map(|f| {
+            let inf = &f.inflation;
             f.writes.iter().enumerate().map(move |(i, w)| {
                 let mut r = vec![
-                    f.case.to_string(),
-                    f.free_2m_fragmented.to_string(),
-                    f.free_2m_inflated.to_string(),
+                    inf.case.to_string(),
+                    inf.free_2m_fragmented.to_string(),
+                    inf.free_2m_inflated.to_string(),
                     f.free_2m_compact.to_string(),
-                    format!("{}/{}", f.small_free_fragmented, f.small_free_inflated),
+                    format!("{}/{}", inf.small_free_fragmented, inf.small_free_inflated),
                     (i + 1).to_string(),
                 ];
                 r.extend(w.0.iter().map(u64::to_string));
@@ -287,13 +332,9 @@ fn check_balloon(inflated: &Step, now: &Step) -> Result<()> {
     Ok(())
 }
 
-/// Run the scenario on `vm` (its driver loaded as `case`); see the module documentation.
-///
-/// Errors if the balloon and QEMU disagree at any point, if the balloon's size changes, or if
-/// `balloon_migrate` contradicts the case: it must rise during the compaction with migration, and
-/// must not move at all without. Comparing huge page counts between cases is the caller's.
-pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
-    let what = format!("compaction with the {case} driver");
+/// Fragment the guest's memory, inflate the balloon by what the fragmenter gave back, measure,
+/// and end the fragmenter; also `balloon_migrate` from before the inflation.
+fn fragment_and_inflate(vm: &mut Vm, case: Case, what: &str) -> Result<(Inflation, u64)> {
     let mem_mib = vm.config().mem_mib;
     let free = meminfo_mib(vm, "MemFree")?;
     let frag_mib = free
@@ -304,7 +345,7 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
                 "{what}: only {free} MiB free, too little to fragment"
             ))
         })?;
-    let frag = Held::frag(vm, frag_mib, 2, STEP_TIMEOUT).context(&what)?;
+    let frag = Held::frag(vm, frag_mib, 2, STEP_TIMEOUT).context(what)?;
     let holes_mib = frag_mib - frag.report().kept_mib;
     let m0 = balloon_migrate(vm)?;
     let free_2m_fragmented = free_2m_blocks(vm)?;
@@ -312,12 +353,45 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
     let host_rss_fragmented = hostmem::qemu_rss_kb(vm)? / 1024;
     let host_thp_fragmented = hostmem::qemu_anon_huge_kb(vm)? / 1024;
     let inflated = balloon_step(vm, "inflate", mem_mib - holes_mib, STEP_TIMEOUT)?;
-    inflated.check().context(&what)?;
+    inflated.check().context(what)?;
     let free_2m_inflated = free_2m_blocks(vm)?;
     let small_free_inflated = small_free_mib(vm, free_2m_inflated)?;
     let host_rss_inflated = hostmem::qemu_rss_kb(vm)? / 1024;
     let host_thp_inflated = hostmem::qemu_anon_huge_kb(vm)? / 1024;
-    frag.release(vm).context(&what)?;
+    frag.release(vm).context(what)?;
+    let inflation = Inflation {
+        case,
+        frag_mib,
+        holes_mib,
+        inflated,
+        free_2m_fragmented,
+        free_2m_inflated,
+        small_free_fragmented,
+        small_free_inflated,
+        host_rss_fragmented,
+        host_thp_fragmented,
+        host_rss_inflated,
+        host_thp_inflated,
+    };
+    Ok((inflation, m0))
+}
+
+/// The first half of the scenario alone on `vm` (its driver loaded as `case`): fragment, inflate
+/// into the holes, measure which free blocks the balloon took. For the inflation policy, without
+/// the compaction and the huge page allocation that take most of [`run`]'s time.
+pub fn inflate_into_holes(vm: &mut Vm, case: Case) -> Result<Inflation> {
+    let what = format!("inflating into the holes with the {case} driver");
+    fragment_and_inflate(vm, case, &what).map(|(inflation, _)| inflation)
+}
+
+/// Run the scenario on `vm` (its driver loaded as `case`); see the module documentation.
+///
+/// Errors if the balloon and QEMU disagree at any point, if the balloon's size changes, or if
+/// `balloon_migrate` contradicts the case: it must rise during the compaction with migration, and
+/// must not move at all without. Comparing huge page counts between cases is the caller's.
+pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
+    let what = format!("compaction with the {case} driver");
+    let (inflation, m0) = fragment_and_inflate(vm, case, &what)?;
     let m1 = balloon_migrate(vm)?;
 
     // One `compact_memory` pass leaves work behind (pages it freed become targets only for the
@@ -349,7 +423,7 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
     let compact_secs = t0.elapsed().as_secs_f64();
     let m2 = balloon_migrate(vm)?;
     let compacted = observe(vm, "compaction", compact_secs)?;
-    check_balloon(&inflated, &compacted).context(&what)?;
+    check_balloon(&inflation.inflated, &compacted).context(&what)?;
 
     // Ask for as many as fit in free memory but a little: the kernel stops at the first failure,
     // and using up every page would make the next allocation deflate the balloon on OOM.
@@ -379,10 +453,7 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
     vm.sh("echo 0 > /proc/sys/vm/nr_hugepages")?;
 
     let f = Figures {
-        case,
-        frag_mib,
-        holes_mib,
-        inflated,
+        inflation,
         migrated_before: m1 - m0,
         migrated_compact: m2 - m1,
         compact_rounds,
@@ -394,15 +465,7 @@ pub fn run(vm: &mut Vm, case: Case) -> Result<Figures> {
         migrated_hugepages: m3 - m2,
         after_hugepages,
         writes,
-        free_2m_fragmented,
-        free_2m_inflated,
         free_2m_compact,
-        small_free_fragmented,
-        small_free_inflated,
-        host_rss_fragmented,
-        host_thp_fragmented,
-        host_rss_inflated,
-        host_thp_inflated,
     };
     if case.migration && f.migrated_compact == 0 {
         return Err(Error::other(format!(

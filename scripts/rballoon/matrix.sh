@@ -202,4 +202,6 @@ done
 	printf '    %s\n' "${results[@]}"
 	printf '    %s\n' "${failing[@]}" | grep -v '^ *$' || true
 } | tee "$RB_LOGS/matrix.txt"
-tally_end
+# The s390x leg skips the two freeze cases (no system sleep there), saying so: skips are printed,
+# not failed on.
+tally_end skips-ok

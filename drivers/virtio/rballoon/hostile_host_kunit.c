@@ -90,6 +90,7 @@ struct test_host {
 
 	/* What the host saw. */
 	unsigned long pfns_inflated, pfns_deflated;
+	unsigned int pfns_per_request_max[2];	/* the most PFNs in one inflate, deflate request */
 	unsigned long inflated_pfn;	/* the first PFN of the last inflate request */
 	u32 pfns[TH_PFNS_MAX];		/* the first TH_PFNS_MAX balloon PFNs inflated */
 	unsigned int npfns;
@@ -136,6 +137,8 @@ static bool th_serve(struct test_host *th, int i, struct vringh_kiov *riov,
 		size_t k, n = riov->iov[0].iov_len / sizeof(*pfns);
 
 		th->pfns_inflated += out / sizeof(*pfns);
+		th->pfns_per_request_max[TH_INFLATE] =
+			max_t(size_t, th->pfns_per_request_max[TH_INFLATE], out / sizeof(*pfns));
 		if (n)
 			th->inflated_pfn = virtio32_to_cpu(&th->vdev, pfns[0]);
 		for (k = 0; k < n && th->npfns < TH_PFNS_MAX; k++)
@@ -144,6 +147,9 @@ static bool th_serve(struct test_host *th, int i, struct vringh_kiov *riov,
 	}
 	case TH_DEFLATE:
 		th->pfns_deflated += out / sizeof(__virtio32);
+		th->pfns_per_request_max[TH_DEFLATE] =
+			max_t(size_t, th->pfns_per_request_max[TH_DEFLATE],
+			      out / sizeof(__virtio32));
 		break;
 	case TH_STATS: {
 		struct virtio_balloon_stat *st = th_buf(&riov->iov[0]);
@@ -743,6 +749,14 @@ static void several_requests_go_to_the_host_with_one_notification(struct kunit *
 
 	th_set_target(th, 0);
 	KUNIT_EXPECT_TRUE(test, th_wait_for(th_actual(th) == 0, 10000));
+	/*
+	 * Full requests, and none longer than C's VIRTIO_BALLOON_ARRAY_PFNS_MAX: Firecracker and
+	 * cloud-hypervisor ignore a request of more than 256 PFNs.
+	 */
+	KUNIT_EXPECT_EQ_MSG(test, th->pfns_per_request_max[TH_INFLATE], TH_PFNS_PER_REQUEST,
+			    "inflate requests not of 256 PFNs");
+	KUNIT_EXPECT_EQ_MSG(test, th->pfns_per_request_max[TH_DEFLATE], TH_PFNS_PER_REQUEST,
+			    "deflate requests not of 256 PFNs");
 	th_remove(th);
 	KUNIT_EXPECT_EQ(test, balloon_pages(), base);
 	th_destroy(th);

@@ -274,6 +274,16 @@ pub fn run(opts: &BenchOpts) -> Result<Results> {
             }
         }
     }
+    if opts.workloads.contains(&Workload::Speed) {
+        res.notes.push(
+            "The host's inflate ceiling is measured beside each driver in the same run: QEMU's \
+             CPU time outside its vCPU threads (`/proc/<pid>/task/*/schedstat`; under TCG the \
+             balloon's discards run there) over the inflate, less its rate over 1 s without a \
+             move, gives the GiB per second the host alone could take; the share is the \
+             inflate's speed against it (the host busy that share of the time)."
+                .into(),
+        );
+    }
     if opts.workloads.contains(&Workload::HugePages) {
         res.notes.push(format!(
             "Huge pages (workload 3) are counted on {} MiB guests of their own, one per driver \

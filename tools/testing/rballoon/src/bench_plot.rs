@@ -302,6 +302,7 @@ pub fn ratios(path: &Path, rows: &[Row]) -> Result<()> {
         let better = match r.metric.better {
             Better::Higher => "higher is better",
             Better::Lower => "lower is better",
+            Better::Host => "the host's, beside each driver",
         };
         let text = format!(
             "{}. {} ({}, {better}): {q:.2}",

@@ -15,6 +15,9 @@ pub enum Better {
     Higher,
     /// Less is better (times, CPU).
     Lower,
+    /// A figure of the host's, measured beside each driver: the same for both unless the host
+    /// itself varies (its discard ceiling).
+    Host,
 }
 
 /// One figure the benchmark reports per driver and round.
@@ -142,12 +145,49 @@ metric!(
     Lower
 );
 
+metric!(
+    CEILING_UNTOUCHED,
+    "ceiling_untouched",
+    1,
+    "host's inflate ceiling (QEMU's own CPU per GiB), untouched memory",
+    "GiB/s",
+    Host
+);
+metric!(
+    SHARE_UNTOUCHED,
+    "share_untouched",
+    1,
+    "inflate, untouched memory, share of the host's ceiling",
+    "%",
+    Higher
+);
+metric!(
+    CEILING_WRITTEN,
+    "ceiling_written",
+    1,
+    "host's inflate ceiling (QEMU's own CPU per GiB), written memory",
+    "GiB/s",
+    Host
+);
+metric!(
+    SHARE_WRITTEN,
+    "share_written",
+    1,
+    "inflate, written memory, share of the host's ceiling",
+    "%",
+    Higher
+);
+
 /// Every metric, in table order.
-pub const METRICS: [Metric; 12] = [
+pub const METRICS: [Metric; 16] = [
     INFLATE_UNTOUCHED,
     DEFLATE_UNTOUCHED,
     INFLATE_WRITTEN,
     DEFLATE_WRITTEN,
+    CEILING_UNTOUCHED,
+    SHARE_UNTOUCHED,
+    CEILING_WRITTEN,
+    SHARE_WRITTEN,
     CPU_INFLATE,
     CPU_DEFLATE,
     HUGEPAGES,
@@ -262,10 +302,11 @@ impl Row {
     /// Is ours better than C on this metric (by the medians)?
     pub fn ours_better(&self) -> Option<bool> {
         let q = self.ratio()?;
-        Some(match self.metric.better {
-            Better::Higher => q > 1.0,
-            Better::Lower => q < 1.0,
-        })
+        match self.metric.better {
+            Better::Higher => Some(q > 1.0),
+            Better::Lower => Some(q < 1.0),
+            Better::Host => None,
+        }
     }
 }
 
@@ -346,6 +387,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
             (Better::Lower, Some(false)) => "lower: C",
             (Better::Higher, None) => "higher",
             (Better::Lower, None) => "lower",
+            (Better::Host, _) => "the host's",
         };
         let _ = writeln!(
             t,
@@ -399,6 +441,7 @@ pub fn summary_csv(rows: &[Row]) -> String {
             match r.metric.better {
                 Better::Higher => "higher",
                 Better::Lower => "lower",
+                Better::Host => "host",
             },
             f(r.c),
             f(r.rust),

@@ -11,6 +11,7 @@ use crate::driver::Driver;
 use crate::error::{Error, ErrorKind, Result};
 use crate::parity::{self, compaction, Case};
 use crate::vm::Vm;
+use crate::{hostcpu, hostmem};
 use std::fs;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -118,28 +119,72 @@ fn timed_move(vm: &mut Vm, target: u64, t0: Instant, points: &mut Vec<(f64, f64)
     }
 }
 
+/// How long the host is watched without a balloon move, for its CPU time then.
+const IDLE_WINDOW: Duration = Duration::from_secs(1);
+
+/// The host's CPU time without a balloon move, ns per second: QEMU's threads other than the vCPUs
+/// while `query-balloon` is polled as during a move, so that a move's share of it is what the
+/// balloon cost the host.
+fn host_idle_rate(vm: &mut Vm, pid: u32) -> Result<f64> {
+    let h0 = hostcpu::host_side_ns(pid)?;
+    let start = Instant::now();
+    while start.elapsed() < IDLE_WINDOW {
+        vm.qmp().query_balloon()?;
+        sleep(POLL);
+    }
+    let h1 = hostcpu::host_side_ns(pid)?;
+    Ok(h1.saturating_sub(h0) as f64 / start.elapsed().as_secs_f64())
+}
+
 /// Workloads 1 and 2 on one kind of memory: inflate until the guest keeps 1/8, deflate back, each
-/// timed and with the guest's busy CPU time over it. Returns (inflate busy jiffies, deflate busy
-/// jiffies, bytes moved).
+/// timed and with the guest's busy CPU time over it; for the inflate also the host's own CPU time
+/// (QEMU outside its vCPUs, less its idle rate): the host's ceiling, GiB per second of it, and the
+/// inflate's speed as a share of that. Returns (inflate busy jiffies, deflate busy jiffies, bytes
+/// moved).
 fn cycle(vm: &mut Vm, sink: &mut Sink, written: bool) -> Result<(u64, u64, u64)> {
     let mem = vm.config().mem_bytes();
     let target = small_target(mem);
     let moved = mem - target;
     let mut points = Vec::new();
+    let pid = hostmem::qemu_pid(vm)?;
+    let idle = host_idle_rate(vm, pid)?;
     let c0 = cpu_busy(vm)?;
+    let h0 = hostcpu::host_side_ns(pid)?;
     let t0 = Instant::now();
     let inflate = timed_move(vm, target, t0, &mut points)?;
+    let h1 = hostcpu::host_side_ns(pid)?;
     let c1 = cpu_busy(vm)?;
     let deflate = timed_move(vm, mem, t0, &mut points)?;
     let c2 = cpu_busy(vm)?;
     let gib = moved as f64 / GIB;
-    let (mi, md) = if written {
-        (report::INFLATE_WRITTEN, report::DEFLATE_WRITTEN)
+    let (mi, md, mc, ms) = if written {
+        (
+            report::INFLATE_WRITTEN,
+            report::DEFLATE_WRITTEN,
+            report::CEILING_WRITTEN,
+            report::SHARE_WRITTEN,
+        )
     } else {
-        (report::INFLATE_UNTOUCHED, report::DEFLATE_UNTOUCHED)
+        (
+            report::INFLATE_UNTOUCHED,
+            report::DEFLATE_UNTOUCHED,
+            report::CEILING_UNTOUCHED,
+            report::SHARE_UNTOUCHED,
+        )
     };
     sink.sample(mi, gib / inflate);
     sink.sample(md, gib / deflate);
+    let host = hostcpu::step_secs(
+        h1.saturating_sub(h0),
+        Duration::from_secs_f64(inflate),
+        idle,
+    );
+    if host > 0.0 {
+        // The speed at which the host alone, busy all the time, would move the balloon ...
+        sink.sample(mc, gib / host);
+        // ... and how close the guest came to it: the host's busy share of the inflate.
+        sink.sample(ms, 100.0 * host / inflate);
+    }
     sink.trace(if written { "written" } else { "untouched" }, points);
     Ok((c1 - c0, c2 - c1, moved))
 }

@@ -27,6 +27,7 @@ pub mod driver;
 pub mod error;
 pub mod guestmem;
 pub mod hmp;
+pub mod hostcpu;
 pub mod hostmem;
 pub mod parity;
 pub mod qmp;
